@@ -1,0 +1,1 @@
+"""Typer apps: argument handling only; every command calls a library function."""
