@@ -18,7 +18,6 @@ import os
 from itertools import chain
 from pathlib import Path
 
-import av
 import numpy as np
 
 from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
@@ -360,6 +359,8 @@ def _read_hald(path: Path) -> Lut3D:
 
 def _encode_png16(pixels: np.ndarray) -> bytes:
     """PNG bytes of a ``uint16[H, W, 3]`` image (Pillow cannot write 16-bit RGB)."""
+    import av
+
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="image2pipe") as container:
         stream = container.add_stream("png")
