@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 
 from seminft_bench.envinfo import environment_report
@@ -22,3 +24,9 @@ def new_app(help_text: str) -> typer.Typer:
     app.callback()(lambda: None)
     app.command("env")(env)
     return app
+
+
+def fail(error: Exception) -> NoReturn:
+    """Report a user-facing error in one line and exit with status 2 (no traceback)."""
+    typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)

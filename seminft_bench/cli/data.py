@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from seminft_bench.cli.common import new_app
+from seminft_bench.cli.common import fail, new_app
 
 app = new_app("Build preset-transfer datasets (paper §3.5) and manage colour presets.")
 presets_app = typer.Typer(help="The built-in preset library.", no_args_is_help=True)
@@ -32,9 +32,74 @@ def presets_export(
     lut_size: int = typer.Option(33, help="Lattice points per axis of each exported cube."),
 ) -> None:
     """Write every built-in preset as a .cube file plus a contact sheet."""
+    from seminft_bench.imaging import ImageReadError
     from seminft_bench.presets import builtin_presets
     from seminft_bench.presets.export import export_presets, preview_photo
 
-    cubes, sheet = export_presets(builtin_presets(), out, photo=preview_photo(photo), lut_size=lut_size)
+    try:
+        picture = preview_photo(photo)
+    except ImageReadError as error:
+        raise typer.BadParameter(str(error), param_hint="--photo") from error
+    cubes, sheet = export_presets(builtin_presets(), out, photo=picture, lut_size=lut_size)
     typer.echo(f"wrote {len(cubes)} presets to {out}")
     typer.echo(f"contact sheet: {sheet}")
+
+
+@app.command("build-coldstart")
+def build_coldstart(
+    videos: Path = typer.Option(..., help="Folder of videos, a text file listing them, or an Open-Sora-Plan JSON."),
+    out: Path = typer.Option(..., help="Output dataset folder (resumes a killed build with the same settings)."),
+    presets: str = typer.Option("builtin", help="builtin, random, or a folder of .cube/Hald files."),
+    num_samples: int = typer.Option(1000, help="Quadruplets to make."),
+    pairs_per_video: int = typer.Option(1, help="Frame pairs drawn per video."),
+    min_gap: float = typer.Option(1.0, help="Seconds between frames A and B, at least."),
+    resolution: int = typer.Option(512, help="Short side of every image (a multiple of 16)."),
+    seed: int = typer.Option(0),
+    eval_count: int = typer.Option(50, help="Representative test samples (paper: 50)."),
+    editor: str = typer.Option("none", help="none or qwen-image-edit: add/remove an object in frame B."),
+    edit_count: int = typer.Option(200, help="References to edit (paper: 200)."),
+    editor_model: str = typer.Option("Qwen/Qwen-Image-Edit", help="Editor model id (local HF cache) or folder."),
+    video_root: Optional[Path] = typer.Option(None, help="Folder that relative paths in --videos refer to."),
+    license: str = typer.Option("other", help="Licence recorded in the dataset card."),
+    workers: int = typer.Option(1, help="Worker processes (or Ray CPUs)."),
+    executor: str = typer.Option("local", help="local or ray."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
+) -> None:
+    """Build cold-start quadruplets (source, reference, target, prompt) from video frames and presets."""
+    from seminft_bench.pipelines.coldstart import ColdStartConfig
+    from seminft_bench.pipelines.coldstart import build_coldstart as build
+
+    config = ColdStartConfig(
+        videos=str(videos), out=str(out), presets=presets, num_samples=num_samples,
+        pairs_per_video=pairs_per_video, min_gap=min_gap, resolution=resolution, seed=seed,
+        eval_count=eval_count, editor=editor, edit_count=edit_count, editor_model=editor_model,
+        video_root=None if video_root is None else str(video_root), license=license,
+    )
+    try:
+        summary = build(config, workers=workers, executor=executor, ray_address=ray_address)
+    except ValueError as error:
+        fail(error)
+    counts = ", ".join(f"{split}: {n}" for split, n in summary.counts.items())
+    typer.echo(f"wrote {out} ({counts}; {summary.edited} edited references)")
+    for reason, n in summary.rejections.most_common():
+        typer.echo(f"  rejected {n:>5} × {reason}")
+
+
+@app.command("push")
+def push(
+    folder: Path = typer.Argument(..., help="A dataset folder written by a build command."),
+    repo_id: str = typer.Option(..., help="USER/NAME on the Hugging Face Hub."),
+    private: bool = typer.Option(False, help="Create the repository as private."),
+) -> None:
+    """Upload a built dataset and its card to the Hugging Face Hub (token from HF_TOKEN or the HF login)."""
+    from seminft_bench.pipelines.export import push_dataset
+
+    try:
+        url = push_dataset(folder, repo_id, private=private)
+    except (ValueError, RuntimeError) as error:
+        fail(error)
+    typer.echo(f"pushed {folder} to {url}")
+
+
+if __name__ == "__main__":
+    app()
