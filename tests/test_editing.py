@@ -23,10 +23,6 @@ from seminft_bench.pipelines.editing import (
     make_editor,
 )
 
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-)
 
 
 def test_instructions_are_unique_adds_and_removes():
@@ -107,89 +103,9 @@ def test_missing_or_incomplete_local_folder(tmp_path):
             QwenImageEditor(model=empty, device="cpu").edit(image, "remove the car", seed=0)
 
 
-def _tiny_tokenizer():
-    """A byte-level Qwen2 tokenizer with no merges (one token per byte) plus the chat and vision tokens."""
-    from tokenizers import AddedToken, pre_tokenizers
-    from transformers import Qwen2Tokenizer
-
-    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({token: len(vocab) + i for i, token in enumerate(SPECIAL_TOKENS)})
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
-    tokenizer.add_tokens([AddedToken(token, special=True) for token in SPECIAL_TOKENS])
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-    """A random QwenImageEditPipeline small enough for CPU, saved as the real one would be.
-
-    The pipeline always encodes the input image at about one megapixel, so the VAE downsamples
-    16× with no residual blocks to keep that cheap; the vision encoder sees at most 56×56 pixels.
-    """
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImageEditPipeline,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    tokenizer = _tiny_tokenizer()
-    token_id = tokenizer.convert_tokens_to_ids
-    processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-    )
-    torch.manual_seed(0)
-    text_encoder = Qwen2_5_VLForConditionalGeneration(
-        Qwen2_5_VLConfig(
-            text_config={
-                "vocab_size": len(tokenizer),
-                "hidden_size": 16,
-                "intermediate_size": 16,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "num_key_value_heads": 2,
-                "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
-                "bos_token_id": token_id("<|endoftext|>"),
-                "eos_token_id": token_id("<|im_end|>"),
-            },
-            vision_config={
-                "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-            },
-            image_token_id=token_id("<|image_pad|>"),
-            video_token_id=token_id("<|video_pad|>"),
-            vision_start_token_id=token_id("<|vision_start|>"),
-            vision_end_token_id=token_id("<|vision_end|>"),
-        )
-    )
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    )
-    vae = AutoencoderKLQwenImage(
-        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=0,
-        temperal_downsample=[False, False, False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-    )
-    pipeline = QwenImageEditPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
-        tokenizer=tokenizer, processor=processor, transformer=transformer,
-    )
-    folder = tmp_path_factory.mktemp("tiny-qwen-image-edit")
-    pipeline.save_pretrained(folder)
-    return folder
-
-
-def test_qwen_image_editor_runs_a_saved_tiny_pipeline(tiny_pipeline_dir):
+def test_qwen_image_editor_runs_a_saved_tiny_pipeline(tiny_qwen_edit_dir):
     frame = Image.fromarray(skimage.data.astronaut()).resize((64, 48))
-    editor = QwenImageEditor(model=tiny_pipeline_dir, device="cpu", num_inference_steps=2)
+    editor = QwenImageEditor(model=tiny_qwen_edit_dir, device="cpu", num_inference_steps=2)
     with pytest.warns(UserWarning, match="CPU"):
         first = editor.edit(frame, "add a red umbrella", seed=0)
     again = editor.edit(frame, "add a red umbrella", seed=0)
@@ -202,9 +118,9 @@ def test_qwen_image_editor_runs_a_saved_tiny_pipeline(tiny_pipeline_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_qwen_image_editor_on_cuda_in_bfloat16(tiny_pipeline_dir):
+def test_qwen_image_editor_on_cuda_in_bfloat16(tiny_qwen_edit_dir):
     frame = Image.fromarray(skimage.data.astronaut()).resize((80, 64))
-    editor = QwenImageEditor(model=tiny_pipeline_dir, num_inference_steps=2)
+    editor = QwenImageEditor(model=tiny_qwen_edit_dir, num_inference_steps=2)
     first = editor.edit(frame, "remove the person on the left", seed=3)
     assert first.mode == "RGB" and first.size == frame.size
     assert first.tobytes() == editor.edit(frame, "remove the person on the left", seed=3).tobytes()

@@ -16,7 +16,6 @@ split → Parquet shards, dataset card, ``rejections.jsonl``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -25,12 +24,10 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -39,18 +36,21 @@ from seminft_bench.imaging import encode_png, image_grid, read_image
 from seminft_bench.pipelines.editing import choose_instruction, make_editor
 from seminft_bench.pipelines.executors import run_units
 from seminft_bench.pipelines.export import counter_table, write_card, write_split
-from seminft_bench.pipelines.frames import fit_frame, sample_frame_pairs
-from seminft_bench.pipelines.splits import colour_features, representative_split
-from seminft_bench.pipelines.videos import Rejection, VideoEntry, VideoReadError, discover_videos, open_video
+from seminft_bench.pipelines.frames import fit_frame
+from seminft_bench.pipelines.quadruplets import (
+    PNG_LEVEL,
+    TASK_PROMPT,
+    UnitSettings,
+    process_unit,
+    stable_int,
+    unit_key,
+    unit_name,
+)
+from seminft_bench.pipelines.splits import representative_split
+from seminft_bench.pipelines.videos import Rejection, VideoEntry, discover_videos, open_video
 from seminft_bench.presets import apply_lut, preset_from_record, preset_source
 
 log = logging.getLogger(__name__)
-
-TASK_PROMPT = (
-    "Transfer the colour grading of the reference image to the source image: match its tone, contrast, "
-    "white balance and colour palette, and keep the source image's content, composition and details unchanged."
-)
-"""The unified task description ``c`` of every quadruplet (paper §3.5)."""
 
 FEATURES = datasets.Features(
     {
@@ -68,22 +68,6 @@ FEATURES = datasets.Features(
     }
 )
 
-# What a unit file holds per sample: the dataset columns as raw values (PNG bytes for images).
-UNIT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.binary()),
-        ("reference", pa.binary()),
-        ("target", pa.binary()),
-        ("video", pa.string()),
-        ("source_frame", pa.int64()),
-        ("reference_frame", pa.int64()),
-        ("preset", pa.string()),
-        ("preset_params", pa.string()),
-        ("caption", pa.string()),
-    ]
-)
-PNG_LEVEL = 1  # lossless either way; level 1 encodes several times faster than 6 for ~25% larger files
 WORK = ".work"
 
 
@@ -103,30 +87,13 @@ class ColdStartConfig:
     editor: str = "none"
     edit_count: int = 200
     editor_model: str = "Qwen/Qwen-Image-Edit"
+    editor_steps: int = 50
     video_root: str | None = None
     lut_size: int = 33
     license: str = "other"
 
     def fingerprint(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "out"}
-
-
-@dataclass(frozen=True)
-class UnitSettings:
-    """The part of the config a worker needs to process one video."""
-
-    presets: str
-    pairs_per_video: int
-    min_gap: float
-    resolution: int
-    seed: int
-    lut_size: int
-
-
-@dataclass(frozen=True)
-class UnitResult:
-    key: str
-    payload: bytes  # a Parquet file in UNIT_SCHEMA, rejections in its metadata
 
 
 @dataclass(frozen=True)
@@ -217,25 +184,14 @@ def _open_work_dir(out: Path, config: ColdStartConfig) -> Path:
             "use another --out, or delete that folder to start over"
         )
     atomic_write_text(recorded, wanted)
+    for leftover in work.glob("*/.*.tmp"):  # half-written files of a killed run
+        leftover.unlink()
     return work
-
-
-def _stable_int(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-def _unit_name(entry: VideoEntry) -> str:
-    """One name per unit: an annotation file may list the same video with several frame ranges."""
-    return entry.relpath if entry.frame_range is None else f"{entry.relpath}#{entry.frame_range[0]}:{entry.frame_range[1]}"
-
-
-def _unit_key(entry: VideoEntry) -> str:
-    return hashlib.sha256(_unit_name(entry).encode()).hexdigest()[:20]
 
 
 def _unit_order(entries: list[VideoEntry], seed: int) -> list[VideoEntry]:
     """A seeded permutation, so the first N samples come from a random subset of the videos."""
-    return sorted(entries, key=lambda e: (_stable_int(f"{seed}|{_unit_name(e)}"), _unit_name(e)))
+    return sorted(entries, key=lambda e: (stable_int(f"{seed}|{unit_name(e)}"), unit_name(e)))
 
 
 # --------------------------------------------------------------------------- units
@@ -251,24 +207,24 @@ def _run_units(
     ray_address: str | None,
 ) -> None:
     """Process units in seeded order until the finished prefix of that order holds ``num_samples``."""
-    sizes = {_unit_key(e): _unit_size(work, e) for e in order}
+    sizes = {unit_key(e): _unit_size(work, e) for e in order}
     prefix = {"length": 0, "samples": 0}  # the finished units at the front of ``order``
 
     def advance_prefix() -> None:
-        while prefix["length"] < len(order) and sizes[_unit_key(order[prefix["length"]])] is not None:
-            prefix["samples"] += sizes[_unit_key(order[prefix["length"]])]
+        while prefix["length"] < len(order) and sizes[unit_key(order[prefix["length"]])] is not None:
+            prefix["samples"] += sizes[unit_key(order[prefix["length"]])]
             prefix["length"] += 1
 
     def todo() -> Iterator[VideoEntry]:
         for entry in order:
             if prefix["samples"] >= num_samples:
                 return
-            if sizes[_unit_key(entry)] is None:
+            if sizes[unit_key(entry)] is None:
                 yield entry
 
     advance_prefix()
     done = sum(size is not None for size in sizes.values())
-    by_key = {_unit_key(e): e for e in order}
+    by_key = {unit_key(e): e for e in order}
     bar = tqdm(total=len(order), initial=done, desc="videos", unit="video")
     rejected = 0
     with bar:
@@ -284,7 +240,7 @@ def _run_units(
 
 
 def _unit_path(work: Path, entry: VideoEntry) -> Path:
-    return work / "units" / f"{_unit_key(entry)}.parquet"
+    return work / "units" / f"{unit_key(entry)}.parquet"
 
 
 def _unit_size(work: Path, entry: VideoEntry) -> int | None:
@@ -298,55 +254,6 @@ def _unit_rejections(work: Path, entry: VideoEntry) -> list[Rejection]:
         return []
     records = json.loads(pq.read_metadata(path).metadata[b"rejections"])
     return [Rejection(**record) for record in records]
-
-
-@lru_cache(maxsize=4)
-def _source_for(spec: str, lut_size: int):
-    return preset_source(spec, lut_size)
-
-
-def process_unit(entry: VideoEntry, settings: UnitSettings) -> UnitResult:
-    """Draw, check and grade the frame pairs of one video; runs in a worker."""
-    rng = np.random.default_rng([settings.seed, _stable_int(_unit_name(entry))])
-    rows, rejections = [], []
-    try:
-        with open_video(entry.path) as reader:
-            pairs, reasons = sample_frame_pairs(
-                reader, entry, rng, settings.pairs_per_video, settings.min_gap, settings.resolution
-            )
-    except VideoReadError as error:
-        pairs, reasons = [], []
-        rejections.append(Rejection(entry.relpath, error.reason, error.detail))
-    rejections += [Rejection(entry.relpath, reason) for reason in reasons]
-    source = _source_for(settings.presets, settings.lut_size)
-    for pair in pairs:
-        applied = source.draw(rng)
-        params = json.dumps(applied.params, sort_keys=True)
-        identity = f"{_unit_name(entry)}|{pair.index_a}|{pair.index_b}|{applied.name}|{params}|{settings.seed}"
-        rows.append(
-            {
-                "id": hashlib.sha256(identity.encode()).hexdigest()[:16],
-                "source": encode_png(pair.frame_a, PNG_LEVEL),
-                "reference": encode_png(apply_lut(pair.frame_b, applied.lut), PNG_LEVEL),
-                "target": encode_png(apply_lut(pair.frame_a, applied.lut), PNG_LEVEL),
-                "video": entry.relpath,
-                "source_frame": pair.index_a,
-                "reference_frame": pair.index_b,
-                "preset": applied.name,
-                "preset_params": params,
-                "caption": entry.caption,
-            }
-        )
-    table = pa.Table.from_pylist(rows, schema=UNIT_SCHEMA)
-    table = table.replace_schema_metadata({"rejections": json.dumps([r.to_dict() for r in rejections])})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="none")
-    return UnitResult(_unit_key(entry), buffer.getvalue())
-
-
-def _read_unit(work: Path, entry: VideoEntry) -> list[dict]:
-    path = _unit_path(work, entry)
-    return pq.read_table(path).to_pylist() if path.exists() else []
 
 
 # --------------------------------------------------------------------------- assembly
@@ -373,20 +280,20 @@ def _edit_references(chosen: list[Chosen], work: Path, config: ColdStartConfig) 
     """Edit frame B of ``edit_count`` seeded samples; returns {sample id: instruction}. Cached per sample."""
     if config.editor == "none" or config.edit_count <= 0 or not chosen:
         return {}
-    rng = np.random.default_rng([config.seed, _stable_int("edit")])
+    rng = np.random.default_rng([config.seed, stable_int("edit")])
     picked = sorted(rng.choice(len(chosen), size=min(config.edit_count, len(chosen)), replace=False).tolist())
     editor = None
     edits = {}
     for index in tqdm(picked, desc="edits", unit="edit"):
         sample = chosen[index]
         row = pq.read_table(_unit_path(work, sample.entry)).slice(sample.row, 1).to_pylist()[0]
-        instruction = choose_instruction(np.random.default_rng([config.seed, _stable_int(sample.id)]), row["caption"])
+        instruction = choose_instruction(np.random.default_rng([config.seed, stable_int(sample.id)]), row["caption"])
         path = work / "edits" / f"{sample.id}.png"
         if not path.exists():
-            editor = editor or make_editor(config.editor, model=config.editor_model)
+            editor = editor or make_editor(config.editor, model=config.editor_model, num_inference_steps=config.editor_steps)
             with open_video(sample.entry.path) as reader:
                 frame_b = fit_frame(reader.frames([row["reference_frame"]])[0], config.resolution)
-            edited = editor.edit(read_image(frame_b), instruction, seed=_stable_int(sample.id) % 2**31)
+            edited = editor.edit(read_image(frame_b), instruction, seed=stable_int(sample.id) % 2**31)
             atomic_write_bytes(path, encode_png(edited, PNG_LEVEL))
         edits[sample.id] = instruction
     return edits
@@ -396,19 +303,17 @@ def _test_split(chosen: list[Chosen], work: Path, config: ColdStartConfig) -> np
     """Representative test samples: one per cluster of (target look, source content) colour features."""
     if config.eval_count <= 0 or not chosen:
         return np.array([], dtype=int)
-    looks = colour_features(read_image(row["target"], dtype=np.uint8) for row in _iter_rows(chosen, work))
-    contents = colour_features(read_image(row["source"], dtype=np.uint8) for row in _iter_rows(chosen, work))
-    features = np.concatenate([looks, contents], axis=1)
+    features = np.stack([np.asarray(row["features"], np.float32) for row in _iter_rows(chosen, work, ["features"])])
     return representative_split(features, config.eval_count, config.seed)
 
 
-def _iter_rows(samples: list[Chosen], work: Path) -> Iterator[dict]:
-    """Unit rows of ``samples`` in order, reading each unit file once per run of samples."""
+def _iter_rows(samples: list[Chosen], work: Path, columns: list[str] | None = None) -> Iterator[dict]:
+    """Unit rows of ``samples`` in order (only ``columns`` if given), reading each unit file once per run of samples."""
     cached_key, cached_rows = None, []
     for sample in samples:
-        key = _unit_key(sample.entry)
+        key = unit_key(sample.entry)
         if key != cached_key:
-            cached_key, cached_rows = key, _read_unit(work, sample.entry)
+            cached_key, cached_rows = key, pq.read_table(_unit_path(work, sample.entry), columns=columns).to_pylist()
         yield cached_rows[sample.row]
 
 
@@ -432,7 +337,7 @@ def _dataset_rows(samples: list[Chosen], work: Path, edits: dict[str, str], conf
 
 def _write_card(out: Path, config: ColdStartConfig, splits: dict, work: Path, edits: dict, summary: BuildSummary) -> None:
     samples = [s for split in splits.values() for s in split]
-    presets = Counter(row["preset"] for row in _iter_rows(samples, work))
+    presets = Counter(row["preset"] for row in _iter_rows(samples, work, ["preset"]))
     preview_rows = list(_dataset_rows(samples[:6], work, edits, config))
     cells, labels = [], []
     for row in preview_rows:
@@ -444,7 +349,7 @@ def _write_card(out: Path, config: ColdStartConfig, splits: dict, work: Path, ed
         out,
         title="SemiNFT cold-start quadruplets",
         summary=(
-            f"Quadruplets (source, reference, target, prompt) built from {config.videos} with "
+            f"Quadruplets (source, reference, target, prompt) built from the videos in `{Path(config.videos).name}` with "
             f"`seminft-data build-coldstart` (paper §3.5): source = frame A, target = preset(A), "
             f"reference = preset(edit(frame B)); {summary.edited} references edited with {config.editor}. "
             f"Presets: {config.presets}; seed {config.seed}; short side {config.resolution}."
@@ -455,4 +360,5 @@ def _write_card(out: Path, config: ColdStartConfig, splits: dict, work: Path, ed
         },
         license=config.license,
         preview=preview,
+        tags=("preset-transfer", "color-grading", "seminft"),
     )

@@ -9,12 +9,16 @@ however many units there are.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from itertools import islice
 from typing import Any
 
 EXECUTORS = ("local", "ray")
+# Each worker is one core: without this, every worker's numba/BLAS/OpenMP pool would
+# start a thread per core and the workers would fight over the machine.
+SINGLE_THREAD_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run_units(
@@ -48,13 +52,17 @@ def _run_processes(fn: Callable[..., Any], units: Iterable[Any], workers: int, s
     # "spawn": video decoders and BLAS keep threads that do not survive a fork.
     context = multiprocessing.get_context("spawn")
     todo = iter(units)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded) as pool:
         pending: set[Future] = {pool.submit(fn, unit, *shared) for unit in islice(todo, 2 * workers)}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
                 pending |= {pool.submit(fn, unit, *shared) for unit in islice(todo, 1)}
+
+
+def _single_threaded() -> None:
+    os.environ.update(SINGLE_THREAD_ENV)
 
 
 def _run_ray(
@@ -67,7 +75,12 @@ def _run_ray(
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=workers,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": SINGLE_THREAD_ENV},
+            )
     task = ray.remote(num_cpus=1)(fn)
     shared_refs = [ray.put(value) for value in shared]
     todo = iter(units)

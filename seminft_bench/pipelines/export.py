@@ -116,12 +116,25 @@ def _write_shard(
     path: Path, chunks: Iterable[list[Mapping[str, object]]], features: datasets.Features, group_size: int
 ) -> None:
     schema = features.arrow_schema
+    compression = _column_compression(features)
     with open(path, "wb") as file:
-        with pq.ParquetWriter(file, schema, compression=COMPRESSION) as writer:
+        with pq.ParquetWriter(file, schema, compression=compression) as writer:
             for chunk in chunks:
                 writer.write_table(_to_table(chunk, features), row_group_size=group_size)
         file.flush()
         os.fsync(file.fileno())
+
+
+def _column_compression(features: datasets.Features) -> str | dict[str, str]:
+    """Encoded image bytes do not compress further: spend zstd only on the other columns."""
+    images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if not images or any(pa.types.is_nested(features.arrow_schema.field(n).type) for n in features if n not in images):
+        return COMPRESSION
+    return {
+        **{name: COMPRESSION for name in features if name not in images},
+        **{f"{name}.path": COMPRESSION for name in images},
+        **{f"{name}.bytes": "none" for name in images},
+    }
 
 
 def _to_table(rows: list[Mapping[str, object]], features: datasets.Features) -> pa.Table:
