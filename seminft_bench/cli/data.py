@@ -59,6 +59,7 @@ def build_coldstart(
     editor: str = typer.Option("none", help="none or qwen-image-edit: add/remove an object in frame B."),
     edit_count: int = typer.Option(200, help="References to edit (paper: 200)."),
     editor_model: str = typer.Option("Qwen/Qwen-Image-Edit", help="Editor model id (local HF cache) or folder."),
+    editor_steps: int = typer.Option(50, help="Denoising steps per edit."),
     video_root: Optional[Path] = typer.Option(None, help="Folder that relative paths in --videos refer to."),
     license: str = typer.Option("other", help="Licence recorded in the dataset card."),
     workers: int = typer.Option(1, help="Worker processes (or Ray CPUs)."),
@@ -72,7 +73,7 @@ def build_coldstart(
     config = ColdStartConfig(
         videos=str(videos), out=str(out), presets=presets, num_samples=num_samples,
         pairs_per_video=pairs_per_video, min_gap=min_gap, resolution=resolution, seed=seed,
-        eval_count=eval_count, editor=editor, edit_count=edit_count, editor_model=editor_model,
+        eval_count=eval_count, editor=editor, edit_count=edit_count, editor_model=editor_model, editor_steps=editor_steps,
         video_root=None if video_root is None else str(video_root), license=license,
     )
     try:
