@@ -29,6 +29,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_lut.py
+	$(PY) benchmarks/bench_coldstart.py
+	$(PY) benchmarks/bench_judge.py
+	$(PY) benchmarks/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -12,6 +12,7 @@ from skimage import data
 from seminft_bench.imaging import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
+    encode_png,
     from_array,
     image_grid,
     read_image,
@@ -382,3 +383,13 @@ def test_background_none_drops_alpha_and_keeps_stored_colours():
     rgba[..., 3] = 7  # nearly transparent: compositing would move the colour towards the background
     assert read_image(rgba, dtype=np.uint8, background=None).tolist() == rgba[..., :3].tolist()
     assert read_image(rgba, dtype=np.uint8)[0, 0].tolist() != [10, 200, 30]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 13, 3), (64, 33, 3)])
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_encode_png_is_lossless_at_every_level_and_size(shape, level):
+    pixels = np.random.default_rng(sum(shape) + level).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(pixels, level)
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.format == "PNG" and decoded.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(decoded), pixels)
