@@ -1,0 +1,115 @@
+"""Score a folder of outputs against a folder of references (``seminft-bench judge``).
+
+Pairs are matched by file stem. Results go to a JSON-lines file, one line per pair
+and judge; each line is appended and fsynced as soon as its pair is done, so a killed
+run loses nothing it finished, and a rerun skips every pair that already has a score
+(failures are asked again). When the run ends the file is rewritten atomically with
+the latest line per pair, sorted. The cost ledger lands beside it as
+``<results>.costs.json``, added to what earlier runs spent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from seminft_bench.fileio import atomic_write_text
+from seminft_bench.vlm.costs import CostLedger
+from seminft_bench.vlm.judge import Judge, Pair
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class BatchSummary:
+    pairs: int  # matched pairs
+    done_before: int  # already scored by an earlier run
+    scored: int  # scored in this run
+    failed: int  # still without a score (a rerun asks again)
+    unmatched: list[str]  # file stems present in one folder only
+    run_ledger: CostLedger  # this run's costs
+    costs_path: Path  # all runs' costs
+
+
+def pairs_by_stem(references: str | os.PathLike, predictions: str | os.PathLike) -> tuple[list[Pair], list[str]]:
+    """The pairs whose image file stems match, by name; and the stems found in only one folder."""
+    refs, preds = _images_by_stem(Path(references)), _images_by_stem(Path(predictions))
+    pairs = [Pair(stem, refs[stem], preds[stem]) for stem in sorted(refs.keys() & preds.keys())]
+    return pairs, sorted(refs.keys() ^ preds.keys())
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            other = found[path.stem].name
+            raise ValueError(f"{folder}: two images share the stem {path.stem!r} ({other}, {path.name})")
+        found[path.stem] = path
+    return found
+
+
+def costs_path_for(results: str | os.PathLike) -> Path:
+    return Path(results).with_suffix(".costs.json")
+
+
+def judge_folders(
+    judge: Judge,
+    references: str | os.PathLike,
+    predictions: str | os.PathLike,
+    results: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> BatchSummary:
+    """Judge every matched pair not yet scored in ``results`` (JSON lines), appending as they finish."""
+    pairs, unmatched = pairs_by_stem(references, predictions)
+    if not pairs:
+        raise ValueError(f"no image in {predictions} has a reference of the same name in {references}")
+    results = Path(results)
+    records = _compact(results)  # also drops a line a killed run left half-written
+    done = {key for key, record in records.items() if record["error"] is None}  # keys: (judge, mode, name)
+    todo = [pair for pair in pairs if (judge.name, judge.mode, pair.name) not in done]
+    failed = 0
+    try:
+        bar = tqdm(total=len(todo), disable=not progress, unit="pair")
+        with open(results, "a", encoding="utf-8") as out, bar:
+            for future in as_completed([judge.submit(pair) for pair in todo]):
+                judgement = future.result()
+                out.write(json.dumps(judgement.to_record(), ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                failed += judgement.error is not None
+                bar.update()
+                bar.set_postfix(failed=failed)
+    finally:
+        judge.close()
+        _compact(results)
+        costs = costs_path_for(results)
+        total = CostLedger.read(costs, judge.ledger.prices) if costs.exists() else CostLedger(judge.ledger.prices)
+        total.add(judge.ledger)
+        total.write(costs)
+    return BatchSummary(len(pairs), len(pairs) - len(todo), len(todo) - failed, failed, unmatched, judge.ledger, costs)
+
+
+def _compact(results: Path) -> dict[tuple[str, str, str], dict]:
+    """Keep the last complete line per (judge, mode, name), sorted; rewrite the file atomically."""
+    if not results.exists():
+        return {}
+    records: dict[tuple[str, str, str], dict] = {}
+    for line in results.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        records[(record["judge"], record["mode"], record["name"])] = record
+    ordered = dict(sorted(records.items()))
+    atomic_write_text(results, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered.values()))
+    return ordered
