@@ -5,12 +5,25 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _numpy_print_options():
-    """``import colour`` switches numpy to legacy 1.13 float printing for the whole process;
-    keep one test module's import from changing how another formats numbers."""
+def _import_colour_cleanly() -> None:
+    """Import colour-science once, then undo what its import does to the whole process:
+    it switches numpy to legacy 1.13 float printing, and puts MagicMocks in ``sys.modules``
+    for missing optional packages (matplotlib), which breaks ``importlib.util.find_spec``
+    for every later importer (diffusers, transformers)."""
+    import sys
+    import warnings
+    from unittest import mock
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # colour warns that matplotlib is missing
+        import colour  # noqa: F401
+    for name, module in list(sys.modules.items()):
+        if isinstance(module, mock.Mock):
+            del sys.modules[name]
     np.set_printoptions(legacy=False)
-    yield
+
+
+_import_colour_cleanly()
 
 
 @pytest.fixture

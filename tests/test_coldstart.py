@@ -159,3 +159,19 @@ def test_edited_references_are_preset_of_the_edited_frame(videos, tmp_path, load
     before = shard_bytes(out)
     build(videos, out, **options)
     assert shard_bytes(out) == before
+
+
+def test_missing_editor_weights_fail_with_a_clear_message(videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import data
+
+    missing = tmp_path / "no-such-model"
+    arguments = [
+        "build-coldstart", "--videos", str(videos), "--out", str(tmp_path / "out"), "--num-samples", "2",
+        "--resolution", "64", "--min-gap", "0.5", "--eval-count", "0",
+        "--editor", "qwen-image-edit", "--editor-model", str(missing), "--edit-count", "1",
+    ]
+    result = CliRunner().invoke(data.app, arguments)
+    assert result.exit_code == 2, result.output
+    assert str(missing) in result.output and "Traceback" not in result.output

@@ -76,9 +76,11 @@ def build_coldstart(
         eval_count=eval_count, editor=editor, edit_count=edit_count, editor_model=editor_model, editor_steps=editor_steps,
         video_root=None if video_root is None else str(video_root), license=license,
     )
+    from seminft_bench.errors import MissingWeightsError
+
     try:
         summary = build(config, workers=workers, executor=executor, ray_address=ray_address)
-    except ValueError as error:
+    except (ValueError, MissingWeightsError) as error:
         fail(error)
     counts = ", ".join(f"{split}: {n}" for split, n in summary.counts.items())
     typer.echo(f"wrote {out} ({counts}; {summary.edited} edited references)")

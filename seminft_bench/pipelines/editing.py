@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from seminft_bench.errors import MissingWeightsError
+
 if TYPE_CHECKING:
     from diffusers import QwenImageEditPipeline
 
@@ -105,10 +107,6 @@ _CAPTION_OBJECT = re.compile(r"\b(" + "|".join(CAPTION_OBJECTS) + r")(?:e?s)?\b"
 
 QWEN_IMAGE_EDIT = "Qwen/Qwen-Image-Edit"
 DTYPES = ("bfloat16", "float16", "float32")
-
-
-class MissingWeightsError(RuntimeError):
-    """An editor's weights are not on this machine; the message names them and how to provide them."""
 
 
 @runtime_checkable

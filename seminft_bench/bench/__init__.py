@@ -1,0 +1,1 @@
+"""Evaluation (paper §4): datasets, methods, image metrics, the resumable runner and its reports."""
