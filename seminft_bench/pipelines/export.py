@@ -142,8 +142,12 @@ def _to_table(rows: list[Mapping[str, object]], features: datasets.Features) -> 
         if set(row) != set(features):
             missing, extra = sorted(set(features) - set(row)), sorted(set(row) - set(features))
             raise ValueError(f"row columns do not match the features: missing {missing}, unexpected {extra}")
-    table = pa.Table.from_pylist([features.encode_example(row) for row in rows], schema=features.arrow_schema)
-    return datasets.table.embed_table_storage(table)  # images given by path get their bytes inlined
+    encoded = [features.encode_example(row) for row in rows]
+    table = pa.Table.from_pylist(encoded, schema=features.arrow_schema)
+    images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if any(row[name] is not None and row[name]["bytes"] is None for row in encoded for name in images):
+        table = datasets.table.embed_table_storage(table)  # images given by path get their bytes inlined
+    return table
 
 
 def write_card(
