@@ -175,3 +175,25 @@ def test_missing_editor_weights_fail_with_a_clear_message(videos, tmp_path):
     result = CliRunner().invoke(data.app, arguments)
     assert result.exit_code == 2, result.output
     assert str(missing) in result.output and "Traceback" not in result.output
+
+
+def test_open_sora_plan_annotations_keep_frames_inside_frame_idx(videos, tmp_path, load_hf):
+    annotations = tmp_path / "annotations.json"
+    entries = [
+        {"path": "bikes.mp4", "cap": "people riding bikes", "frame_idx": "0:100"},
+        {"path": "bikes.mp4", "cap": "people riding bikes", "frame_idx": "130:250"},  # same file, other range
+        {"path": "gone.mp4", "cap": "a missing file", "frame_idx": "0:50"},
+    ]
+    annotations.write_text(json.dumps(entries))
+    out = tmp_path / "ds"
+    config = ColdStartConfig(
+        videos=str(annotations), video_root=str(videos), out=str(out), num_samples=2, pairs_per_video=1,
+        resolution=64, min_gap=0.5, eval_count=0,
+    )
+    summary = build_coldstart(config)
+    rows = list(load_hf(out)["train"])
+    assert summary.counts == {"train": 2, "test": 0} and len({row["id"] for row in rows}) == 2
+    ranges = sorted((min(r["source_frame"], r["reference_frame"]), max(r["source_frame"], r["reference_frame"])) for r in rows)
+    assert ranges[0][1] < 100 and ranges[1][0] >= 130  # one pair from each annotated range
+    rejected = [json.loads(line) for line in (out / "rejections.jsonl").read_text().splitlines()]
+    assert {"video": "gone.mp4", "reason": "missing"}.items() <= rejected[0].items()
