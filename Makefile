@@ -20,9 +20,14 @@ demo: setup
 	$(VENV)/bin/seminft-data presets export --out $(DEMO)/presets
 	$(VENV)/bin/seminft-data build-coldstart --videos $(SAMPLE_VIDEOS) --out $(DEMO)/coldstart \
 		--num-samples 8 --pairs-per-video 3 --resolution 256 --eval-count 2 --workers 2
+	$(VENV)/bin/seminft-data sample-photos --out $(DEMO)/photos
+	@echo "RL pairs with a random-weight CLIP (no weights are downloaded here): pairs are not semantic"
+	$(VENV)/bin/seminft-data build-rl --images $(DEMO)/photos --out $(DEMO)/rl --clip-pretrained none \
+		--sim-min -1 --sim-max 0.9999 --min-side 128 --eval-count 3
 	@echo "demo outputs are in $(DEMO)/:"
 	@echo "  presets and their contact sheet: $(DEMO)/presets/contact_sheet.png"
 	@echo "  cold-start dataset (load with datasets.load_dataset): $(DEMO)/coldstart, preview $(DEMO)/coldstart/preview.png"
+	@echo "  RL pairs: $(DEMO)/rl, preview $(DEMO)/rl/preview.png"
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -104,5 +104,57 @@ def push(
     typer.echo(f"pushed {folder} to {url}")
 
 
+
+@app.command("build-rl")
+def build_rl(
+    images: Path = typer.Option(..., help="Source pool: a folder of photos or a CSV/Parquet listing (path, author, ...)."),
+    out: Path = typer.Option(..., help="Output dataset folder."),
+    references: Optional[Path] = typer.Option(None, help="Reference pool (default: the source pool)."),
+    embeddings: Optional[Path] = typer.Option(None, help="Existing clip-retrieval output to use instead of a model."),
+    clip_model: str = typer.Option("ViT-B-32", help="open_clip model name."),
+    clip_pretrained: Optional[str] = typer.Option(
+        "laion2b_s34b_b79k", help="Local weights file or an open_clip tag in the local cache; 'none' for random weights."
+    ),
+    num_pairs: Optional[int] = typer.Option(None, help="Pairs to keep at most (default: every reference that pairs)."),
+    sim_min: float = typer.Option(0.5, help="Lowest CLIP cosine of a pair (related)."),
+    sim_max: float = typer.Option(0.9, help="Highest CLIP cosine of a pair (not a near-duplicate)."),
+    min_color_distance: float = typer.Option(0.15, help="Smallest colour-grade distance of a pair."),
+    max_source_reuse: int = typer.Option(1, help="Times one source photo may be used."),
+    min_side: int = typer.Option(256, help="Shorter side of a usable photo, at least."),
+    eval_count: int = typer.Option(150, help="Representative test pairs (paper: 150)."),
+    seed: int = typer.Option(0),
+    license: str = typer.Option("other", help="Licence recorded in the dataset card."),
+    workers: int = typer.Option(1, help="Processes that decode images."),
+) -> None:
+    """Build unpaired RL pairs: each reference with a related, differently graded source (CLIP + FAISS)."""
+    from seminft_bench.errors import MissingWeightsError
+    from seminft_bench.pipelines.rlpairs import RLConfig
+    from seminft_bench.pipelines.rlpairs import build_rl as build
+
+    config = RLConfig(
+        images=str(images), out=str(out), references=None if references is None else str(references),
+        embeddings=None if embeddings is None else str(embeddings), clip_model=clip_model,
+        clip_pretrained=None if clip_pretrained in (None, "none") else clip_pretrained, num_pairs=num_pairs,
+        sim_min=sim_min, sim_max=sim_max, min_color_distance=min_color_distance, max_source_reuse=max_source_reuse,
+        min_side=min_side, eval_count=eval_count, seed=seed, license=license,
+    )
+    try:
+        summary = build(config, workers=workers)
+    except (ValueError, MissingWeightsError) as error:
+        fail(error)
+    counts = ", ".join(f"{split}: {n}" for split, n in summary.counts.items())
+    typer.echo(f"wrote {out} ({counts}); index {summary.index}, recall@10 {summary.recall:.3f}")
+    for reason, n in summary.rejections.most_common():
+        typer.echo(f"  rejected {n:>5} × {reason}")
+
+
+@app.command("sample-photos")
+def sample_photos(out: Path = typer.Option(..., help="Folder for the photos.")) -> None:
+    """Write graded crops of scikit-image's sample photos: a small offline pool for the demo."""
+    from seminft_bench.pipelines.samples import write_sample_photos
+
+    typer.echo(f"wrote {len(write_sample_photos(out))} photos to {out}")
+
+
 if __name__ == "__main__":
     app()

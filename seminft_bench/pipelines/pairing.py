@@ -1,0 +1,222 @@
+"""Pair each reference photo with a source that shares its subject but not its grade (paper §3.5).
+
+The RL set is unpaired: the model sees a reference look on different content and must
+transfer it. Retrieval proposes sources by CLIP similarity; this module decides which
+proposal to keep. A good source is *related* (cosine at least `PairingRules.sim_min`) yet
+not the same picture (below `sim_max`, and not a pixel or perceptual-hash duplicate, which
+catches resized, re-encoded and regraded copies), not by the same photographer, and graded
+visibly differently (`colour_distance`). Quality filters drop photos too small, too
+elongated or near-greyscale to show a colour grade.
+
+Defaults, for L2-normalised ViT-B/L CLIP image embeddings: unrelated natural photos usually
+score about 0.3-0.5, photos of the same kind of subject 0.6-0.85, and crops, re-encodes or
+regrades of one photo above 0.9. Hence ``[0.5, 0.9]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seminft_bench.imaging import ImageReadError, read_image
+from seminft_bench.pipelines.executors import run_units
+from seminft_bench.pipelines.splits import colour_features
+
+DESCRIBE_SIDE = 256  # thumbnail long side for hashing and colour statistics; both look at 64 px or less
+GREYSCALE_MAX_CHROMA = 3.0
+"""Mean CIELAB chroma (√(a*² + b*²)) below which a photo counts as near-greyscale. Black-and-white
+photos saved as RGB measure below 1, toned prints (sepia) and colour photos well above 3."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What pairing needs to know about one photo, from a single decode."""
+
+    path: str
+    width: int
+    height: int
+    phash: int  # 64-bit DCT perceptual hash (imagehash.phash, hash_size=8)
+    colour: np.ndarray  # `colour_features` vector, float32 [39]
+    greyscale: bool  # mean chroma below `GREYSCALE_MAX_CHROMA`
+    author: str | None = None
+
+
+@dataclass(frozen=True)
+class PairingRules:
+    """Which retrieved source may be paired with a reference (see the module docstring)."""
+
+    sim_min: float = 0.5
+    sim_max: float = 0.9
+    min_color_distance: float = 0.15
+    """On `colour_distance`: a light white-balance shift of one photo moves it about 0.07-0.1,
+    a distinctive look (teal-orange, film emulations) 0.2-0.8, black-and-white about 0.75."""
+    max_source_reuse: int = 1
+    min_side: int = 256
+    max_aspect: float = 3.0
+    reject_greyscale: bool = True
+    phash_max_distance: int = 6  # Hamming distance at or below which two photos are duplicates
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A kept pair: indices into the reference and source infos, with the scores that admitted it."""
+
+    reference: int
+    source: int
+    clip_similarity: float
+    color_distance: float
+
+
+def describe_images(
+    paths: Sequence[str],
+    root: Path | None = None,
+    authors: Mapping[str, str] | None = None,
+    workers: int = 1,
+) -> tuple[list[ImageInfo], list[dict]]:
+    """Decode each image once into an `ImageInfo` (in ``paths`` order), or an ``unreadable`` rejection.
+
+    ``paths`` are kept as given and resolved against ``root`` when relative; ``authors`` maps a
+    path as given to its photographer. ``workers > 1`` decodes in that many processes.
+    """
+    authors = authors or {}
+    units = [(index, path, authors.get(path)) for index, path in enumerate(paths)]
+    results = sorted(run_units(_describe_one, units, workers=workers, shared=(root,)), key=lambda r: r[0])
+    infos = [result for _, result in results if isinstance(result, ImageInfo)]
+    rejections = [result for _, result in results if isinstance(result, dict)]
+    return infos, rejections
+
+
+def _describe_one(unit: tuple[int, str, str | None], root: Path | None) -> tuple[int, ImageInfo | dict]:
+    import imagehash
+
+    index, path, author = unit
+    try:
+        image = read_image(Path(root or "") / path, name=path)
+    except ImageReadError as e:
+        return index, {"path": path, "reason": "unreadable", "detail": str(e).removeprefix(f"{path}: ")}
+    width, height = image.size
+    image.thumbnail((DESCRIBE_SIDE, DESCRIBE_SIDE), Image.Resampling.BOX)
+    pixels = np.asarray(image)
+    info = ImageInfo(
+        path=path,
+        width=width,
+        height=height,
+        phash=int(str(imagehash.phash(image, hash_size=8)), 16),
+        colour=colour_features([pixels])[0],
+        greyscale=_mean_chroma(pixels) < GREYSCALE_MAX_CHROMA,
+        author=author,
+    )
+    return index, info
+
+
+def _mean_chroma(rgb: np.ndarray) -> float:
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(rgb)
+    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """How differently two photos are graded: the Euclidean distance of their `colour_features`.
+
+    The vectors hold CIELAB mean and standard deviation (/100) and two square-rooted histograms
+    (L* tone, joint a*b* cast), so the distance mixes exposure/contrast shifts with Hellinger
+    distances between tone and colour distributions; each histogram block contributes at most √2.
+    """
+    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+
+
+def quality_problem(info: ImageInfo, rules: PairingRules) -> str | None:
+    """Why a photo cannot show a grade well (``too_small``, ``bad_aspect``, ``greyscale``), or None."""
+    if min(info.width, info.height) < rules.min_side:
+        return "too_small"
+    if max(info.width, info.height) > rules.max_aspect * min(info.width, info.height):
+        return "bad_aspect"
+    if rules.reject_greyscale and info.greyscale:
+        return "greyscale"
+    return None
+
+
+def is_duplicate(a: ImageInfo, b: ImageInfo, rules: PairingRules) -> bool:
+    """Same picture: perceptual hashes within `phash_max_distance` bits, or same size and colour statistics."""
+    if (a.phash ^ b.phash).bit_count() <= rules.phash_max_distance:
+        return True
+    return (a.width, a.height) == (b.width, b.height) and np.array_equal(a.colour, b.colour)
+
+
+def pair_references(
+    reference_infos: Sequence[ImageInfo],
+    source_infos: Sequence[ImageInfo],
+    neighbours: np.ndarray,
+    similarities: np.ndarray,
+    rules: PairingRules,
+) -> tuple[list[Pair], list[dict]]:
+    """Keep for each reference the most similar acceptable source among its retrieved neighbours.
+
+    ``neighbours`` and ``similarities`` are ``[R, k]`` from searching each reference embedding
+    among the source embeddings, best first, ``-1`` where fewer than k were found. References
+    are taken in order, so with a reuse limit earlier references get first pick and the result
+    depends on the inputs only. A reference that fails `quality_problem` is rejected with that
+    reason; one with no acceptable neighbour as ``unpaired``, its detail counting why each
+    candidate failed.
+    """
+    if len(neighbours) != len(reference_infos) or np.shape(similarities) != np.shape(neighbours):
+        raise ValueError(
+            f"neighbours {np.shape(neighbours)} and similarities {np.shape(similarities)} "
+            f"must both have one row per reference ({len(reference_infos)})"
+        )
+    uses: Counter[int] = Counter()
+    pairs, rejections = [], []
+    for index, reference in enumerate(reference_infos):
+        if problem := quality_problem(reference, rules):
+            rejections.append({"path": reference.path, "reason": problem, "detail": _quality_detail(reference)})
+            continue
+        failures: Counter[str] = Counter()
+        for source_index, similarity in zip(neighbours[index].tolist(), similarities[index].tolist()):
+            if source_index < 0:
+                continue
+            source = source_infos[source_index]
+            distance = colour_distance(reference.colour, source.colour)
+            failure = _candidate_failure(reference, source, similarity, distance, uses[source_index], rules)
+            if failure:
+                failures[failure] += 1
+                continue
+            uses[source_index] += 1
+            pairs.append(Pair(index, source_index, float(similarity), distance))
+            break
+        else:
+            detail = ", ".join(f"{reason}={count}" for reason, count in failures.items()) or "no neighbours"
+            rejections.append({"path": reference.path, "reason": "unpaired", "detail": detail})
+    return pairs, rejections
+
+
+def _candidate_failure(
+    reference: ImageInfo, source: ImageInfo, similarity: float, distance: float, uses: int, rules: PairingRules
+) -> str | None:
+    """The first rule a candidate source breaks, as a short code, or None when it is acceptable."""
+    if source.path == reference.path:
+        return "same_image"
+    if similarity < rules.sim_min:
+        return "similarity_below_min"
+    if similarity > rules.sim_max:
+        return "similarity_above_max"
+    if is_duplicate(reference, source, rules):
+        return "duplicate"
+    if reference.author is not None and reference.author == source.author:
+        return "same_author"
+    if problem := quality_problem(source, rules):
+        return f"source_{problem}"
+    if distance < rules.min_color_distance:
+        return "colour_too_close"
+    if uses >= rules.max_source_reuse:
+        return "source_reused"
+    return None
+
+
+def _quality_detail(info: ImageInfo) -> str:
+    return f"{info.width}x{info.height}" + (", near-greyscale" if info.greyscale else "")
