@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -82,9 +83,14 @@ def build_coldstart(
         summary = build(config, workers=workers, executor=executor, ray_address=ray_address)
     except (ValueError, MissingWeightsError) as error:
         fail(error)
-    counts = ", ".join(f"{split}: {n}" for split, n in summary.counts.items())
-    typer.echo(f"wrote {out} ({counts}; {summary.edited} edited references)")
-    for reason, n in summary.rejections.most_common():
+    _report(out, summary.counts, summary.rejections, f"{summary.edited} edited references")
+
+
+def _report(out: Path, counts: dict[str, int], rejections: Counter, detail: str) -> None:
+    """What a build wrote and what it turned down, by reason."""
+    splits = ", ".join(f"{split}: {n}" for split, n in counts.items())
+    typer.echo(f"wrote {out} ({splits}; {detail})")
+    for reason, n in rejections.most_common():
         typer.echo(f"  rejected {n:>5} × {reason}")
 
 
@@ -142,10 +148,7 @@ def build_rl(
         summary = build(config, workers=workers)
     except (ValueError, MissingWeightsError) as error:
         fail(error)
-    counts = ", ".join(f"{split}: {n}" for split, n in summary.counts.items())
-    typer.echo(f"wrote {out} ({counts}); index {summary.index}, recall@10 {summary.recall:.3f}")
-    for reason, n in summary.rejections.most_common():
-        typer.echo(f"  rejected {n:>5} × {reason}")
+    _report(out, summary.counts, summary.rejections, f"index {summary.index}, recall@10 {summary.recall:.3f}")
 
 
 @app.command("sample-photos")
