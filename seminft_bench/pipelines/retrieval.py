@@ -22,7 +22,7 @@ Shards = Iterable[np.ndarray] | Callable[[], Iterable[np.ndarray]]
 
 EXACT_MAX_VECTORS = 10_000  # below this a flat scan is as fast as any index and exact
 IVF_FLAT_MAX_VECTORS = 1_000_000  # beyond this autofaiss quantises even when memory allows
-MAX_PQ_BYTES = 64  # bytes per PQ code; more buys little recall for CLIP-sized vectors
+MAX_PQ_BYTES = 64  # PQ is the fallback when memory is short: at most 64 bytes per code
 TRAIN_POINTS_PER_LIST = 40  # faiss's k-means warns below 39 points per centroid
 PQ_TRAIN_POINTS = 64 * 256  # each sub-quantizer has 256 centroids
 ID_BYTES = 8  # inverted lists store an int64 id per vector
@@ -39,8 +39,8 @@ def choose_index(num_vectors: int, dim: int, memory_budget_bytes: int | None = N
     - up to 1M vectors whose flat codes (``4·dim + 8`` bytes each, plus the centroids) fit
       `memory_budget_bytes` (no budget: always): ``IVF{nlist},Flat``. IVF rather than HNSW
       because k-means training and list assignment give the same index whatever the thread
-      count, while HNSW's graph depends on the order threads insert vectors, and IVF adds a
-      million 768-d vectors in a minute on two cores.
+      count, while HNSW's graph depends on the order threads insert vectors, and IVF builds
+      over a million 768-d vectors in about 3 minutes on two cores.
     - otherwise ``IVF{nlist},PQ{m}x8``: product quantisation to `m` bytes per vector, `m`
       the largest ``m <= 64`` that divides `dim` and whose codes fit the budget.
 
@@ -147,6 +147,7 @@ def sample_vectors(shards: Shards, num_vectors: int, count: int, seed: int = 0) 
 
 def exact_search(shards: Shards, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-`k` inner products over all shards, one shard in memory at a time."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     offset = 0
     for shard in open_shards(shards):
