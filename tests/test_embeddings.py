@@ -237,3 +237,14 @@ def test_cuda_embeddings_are_fp16_model_and_match_cpu(photos, tmp_path):
     _, gpu_vectors = read_embeddings(tmp_path / "gpu")
     np.testing.assert_allclose(np.linalg.norm(gpu_vectors, axis=1), 1.0, atol=1e-5)
     assert (np.sum(cpu_vectors * gpu_vectors, axis=1) > 0.99).all()
+
+
+def test_random_weights_are_the_same_in_every_process():
+    """Workers that each build the random-init model must agree, or a pool's shards would not compare."""
+    with pytest.warns(UserWarning, match="random weights"):
+        first, _ = load_clip("ViT-S-32", None)
+    torch.manual_seed(1234)  # the caller's RNG state must not matter
+    with pytest.warns(UserWarning, match="random weights"):
+        second, _ = load_clip("ViT-S-32", None)
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from seminft_bench.pipelines.rlpairs import RLConfig, build_rl
@@ -83,3 +84,20 @@ def test_listing_with_authors_and_missing_pool(photos, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         list_pool(tmp_path / "empty")
+
+
+def test_embedding_on_ray_gives_the_same_pairs(built, photos, tmp_path, load_hf):
+    pytest.importorskip("ray")
+    out, _ = built
+    with pytest.warns(UserWarning, match="random weights"):
+        build_rl(RLConfig(images=str(photos), out=str(tmp_path / "ray"), **LOOSE), workers=2, executor="ray")
+
+    def pairs(folder):
+        rows = [row for split in load_hf(folder).values() for row in split]
+        return {row["id"]: (row["clip_similarity"], row["color_distance"]) for row in rows}
+
+    # One thread per Ray worker sums the ViT's products in another order: same pairs, floats within 1e-5.
+    here, there = pairs(out), pairs(tmp_path / "ray")
+    assert here.keys() == there.keys()
+    differences = [np.abs(np.subtract(here[key], there[key])).max() for key in here]
+    assert max(differences) < 1e-5, differences

@@ -130,7 +130,9 @@ def build_rl(
     eval_count: int = typer.Option(150, help="Representative test pairs (paper: 150)."),
     seed: int = typer.Option(0),
     license: str = typer.Option("other", help="Licence recorded in the dataset card."),
-    workers: int = typer.Option(1, help="Processes that decode images."),
+    workers: int = typer.Option(1, help="Processes that decode images (or Ray CPUs)."),
+    executor: str = typer.Option("local", help="local, or ray to embed on a Ray cluster."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local Ray)."),
 ) -> None:
     """Build unpaired RL pairs: each reference with a related, differently graded source (CLIP + FAISS)."""
     from seminft_bench.errors import MissingWeightsError
@@ -145,7 +147,7 @@ def build_rl(
         min_side=min_side, eval_count=eval_count, seed=seed, license=license,
     )
     try:
-        summary = build(config, workers=workers)
+        summary = build(config, workers=workers, executor=executor, ray_address=ray_address)
     except (ValueError, MissingWeightsError) as error:
         fail(error)
     _report(out, summary.counts, summary.rejections, f"index {summary.index}, recall@10 {summary.recall:.3f}")

@@ -13,11 +13,12 @@ metadata are not embedded again, and new shards take the next numbers.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from seminft_bench.errors import MissingWeightsError
 from seminft_bench.fileio import atomic_write_bytes
 from seminft_bench.imaging import ImageReadError, read_image
+from seminft_bench.pipelines.executors import run_units
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
@@ -91,9 +93,13 @@ def load_clip(
         }
     # pretrained_text=False: open_clip would otherwise fetch Hugging Face text-tower weights
     # for random-init models with such a tower; only the image tower is used here.
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        model_name, pretrained=weights, precision=precision, device=device, pretrained_text=False, **overrides
-    )
+    # Random weights come from a fixed seed, so every process (and every Ray worker) that
+    # embeds part of a pool uses the same model; the caller's RNG state is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=weights, precision=precision, device=device, pretrained_text=False, **overrides
+        )
     return model.eval(), preprocess
 
 
@@ -160,21 +166,79 @@ def embed_images(
     images whose shorter side is below ``min_side`` are skipped and returned as rejections;
     they are tried again on the next call. Only one shard of vectors is held in memory.
     """
-    out_dir = Path(out_dir)
-    present = _embedded_paths(out_dir)
+    chunks = _new_chunks(paths, out_dir, shard_size)
+    results = (_embed_chunk(chunk, model, preprocess, batch_size, num_workers, min_side) for chunk in chunks.todo)
+    return _append_shards(Path(out_dir), results, chunks.already_present)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a remote worker needs to load the same open_clip model by itself."""
+
+    model_name: str = DEFAULT_CLIP_MODEL
+    pretrained: str | None = DEFAULT_CLIP_PRETRAINED
+    batch_size: int = 64
+    min_side: int = DEFAULT_MIN_SIDE
+
+
+def embed_images_distributed(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    spec: ClipSpec,
+    *,
+    workers: int,
+    executor: str = "ray",
+    ray_address: str | None = None,
+    unit_size: int = 1024,
+) -> EmbeddingSummary:
+    """`embed_images` spread over worker processes or a Ray cluster (`executors.run_units`).
+
+    Each unit of ``unit_size`` paths is embedded by a worker that loads the model once
+    (``spec``; weights must be readable at the same path on every node) and becomes one
+    shard, written here as it arrives. Paths must be readable from the workers.
+    """
+    chunks = _new_chunks(paths, out_dir, unit_size)
+    results = run_units(_embed_unit, chunks.todo, workers=workers, executor=executor, ray_address=ray_address, shared=(spec,))
+    return _append_shards(Path(out_dir), results, chunks.already_present)
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    todo: list[list[str]]
+    already_present: int
+
+
+def _new_chunks(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, size: int) -> _Chunks:
+    """The paths not yet embedded in ``out_dir`` (duplicates dropped), in chunks of ``size``."""
+    present = _embedded_paths(Path(out_dir))
     wanted = list(dict.fromkeys(os.fspath(p) for p in paths))
     todo = [p for p in wanted if p not in present]
-    summary = EmbeddingSummary(embedded=0, already_present=len(wanted) - len(todo))
+    return _Chunks([todo[i : i + size] for i in range(0, len(todo), size)], len(wanted) - len(todo))
+
+
+def _append_shards(out_dir: Path, results: Iterable[tuple], already_present: int) -> EmbeddingSummary:
+    """Write each chunk's (kept paths, vectors, rejections) as the next shard."""
+    summary = EmbeddingSummary(embedded=0, already_present=already_present)
     number = _next_shard_number(out_dir)
-    for start in range(0, len(todo), shard_size):
-        chunk = todo[start : start + shard_size]
-        kept, vectors, rejections = _embed_chunk(chunk, model, preprocess, batch_size, num_workers, min_side)
+    for kept, vectors, rejections in results:
         summary.rejections += rejections
         if kept:
             summary.shards.append(_write_shard(out_dir, number, kept, vectors))
             summary.embedded += len(kept)
             number += 1
     return summary
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_clip(model_name: str, pretrained: str | None) -> tuple[torch.nn.Module, Callable]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the driver already warned about random weights
+        return load_clip(model_name, pretrained)
+
+
+def _embed_unit(chunk: list[str], spec: ClipSpec) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    model, preprocess = _worker_clip(spec.model_name, spec.pretrained)
+    return _embed_chunk(chunk, model, preprocess, spec.batch_size, 0, spec.min_side)
 
 
 class _ImageFiles(Dataset):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from seminft_bench.fileio import atomic_write_text
 from seminft_bench.imaging import encode_png, image_grid, read_image
-from seminft_bench.pipelines.embeddings import embed_images, load_clip, read_embeddings
+from seminft_bench.pipelines.embeddings import ClipSpec, embed_images, embed_images_distributed, load_clip, read_embeddings
 from seminft_bench.pipelines.export import counter_table, histogram_chart, write_card, write_split
 from seminft_bench.pipelines.pairing import PairingRules, describe_images, pair_references
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
@@ -97,14 +97,18 @@ class RLSummary:
     recall: float
 
 
-def build_rl(config: RLConfig, workers: int = 1) -> RLSummary:
-    """Build the RL pair dataset described by ``config`` in ``config.out``."""
+def build_rl(config: RLConfig, workers: int = 1, executor: str = "local", ray_address: str | None = None) -> RLSummary:
+    """Build the RL pair dataset described by ``config`` in ``config.out``.
+
+    ``workers`` decode images; with ``executor="ray"`` the embedding runs as Ray tasks
+    (``ray_address``, or a local Ray with ``workers`` CPUs), each loading the model itself.
+    """
     out = Path(config.out)
     sources = list_pool(Path(config.images))
     references = list_pool(Path(config.references)) if config.references else sources
     rejections: list[dict] = []
 
-    vectors = _embeddings(config, sources, references, out, workers, rejections)
+    vectors = _embeddings(config, sources, references, out, workers, executor, ray_address, rejections)
     source_infos, source_vectors = _describe(sources, vectors, workers, config, rejections)
     if references is sources:
         reference_infos, reference_vectors = source_infos, source_vectors
@@ -180,7 +184,14 @@ def _full_path(pool: Pool, path: str) -> str:
 
 
 def _embeddings(
-    config: RLConfig, sources: Pool, references: Pool, out: Path, workers: int, rejections: list[dict]
+    config: RLConfig,
+    sources: Pool,
+    references: Pool,
+    out: Path,
+    workers: int,
+    executor: str,
+    ray_address: str | None,
+    rejections: list[dict],
 ) -> dict[str, np.ndarray]:
     """{full path: unit vector}; computed incrementally under ``out/.work/embeddings`` unless given."""
     if config.embeddings:
@@ -188,8 +199,13 @@ def _embeddings(
     else:
         emb_dir = out / ".work" / "embeddings"
         wanted = sorted({_full_path(p, path) for p in (sources, references) for path in p.paths})
-        model, preprocess = load_clip(config.clip_model, config.clip_pretrained)
-        summary = embed_images(wanted, emb_dir, model, preprocess, num_workers=max(workers, 1))
+        if executor == "ray":
+            load_clip(config.clip_model, config.clip_pretrained)  # missing weights fail here, not in a task
+            spec = ClipSpec(config.clip_model, config.clip_pretrained)
+            summary = embed_images_distributed(wanted, emb_dir, spec, workers=workers, ray_address=ray_address)
+        else:
+            model, preprocess = load_clip(config.clip_model, config.clip_pretrained)
+            summary = embed_images(wanted, emb_dir, model, preprocess, num_workers=max(workers, 1))
         rejections += summary.rejections
     paths, vectors = read_embeddings(emb_dir)
     return dict(zip(paths, vectors))
