@@ -23,7 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import decord
-import numpy as np
 import pyarrow.parquet as pq
 
 from seminft_bench.imaging import encode_png

@@ -108,7 +108,6 @@ def embedding_throughput(num_images: int, workers: int, batch_size: int) -> None
     import tempfile
     import warnings
 
-    import open_clip
     import torch
     from PIL import Image
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from seminft_bench.cli import bench, data, train
 from seminft_bench.imaging import read_image, to_array
-from seminft_bench.presets import apply_lut, builtin_presets, read_lut
+from seminft_bench.presets import builtin_presets, read_lut
 
 runner = CliRunner()
 

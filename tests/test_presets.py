@@ -21,7 +21,6 @@ import colorsys
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

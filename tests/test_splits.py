@@ -104,7 +104,7 @@ def test_same_split_with_one_or_two_threads(tmp_path):
     np.save(tmp_path / "points.npy", points)
     script = (
         "import sys, numpy as np; from seminft_bench.pipelines.splits import representative_split;"
-        f"print(representative_split(np.load(sys.argv[1]), 40, seed=2).tolist())"
+        "print(representative_split(np.load(sys.argv[1]), 40, seed=2).tolist())"
     )
     outputs = []
     for threads in ("1", "2"):
