@@ -1,0 +1,52 @@
+"""The methods registry: ``get_method(name)`` for every method the benchmark can run.
+
+Names map to "module:factory" strings so that asking for ``reinhard`` never imports
+diffusers or an API SDK. Adding a method (``ours`` arrives with the model) is one
+module with a `Method` subclass and one line in `REGISTRY`; a class that needs the
+shared cache, ledger, transport or device defines ``from_context(context)``. ``predictions:DIR`` reads
+an external method's outputs from a folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from seminft_bench.bench.methods.base import Method, MethodContext, MethodUnavailable
+
+REGISTRY: dict[str, str] = {
+    "identity": "seminft_bench.bench.methods.bounds:Identity",
+    "reference": "seminft_bench.bench.methods.bounds:Reference",
+    "oracle": "seminft_bench.bench.methods.bounds:Oracle",
+    "reinhard": "seminft_bench.bench.methods.classical:Reinhard",
+    "mkl": "seminft_bench.bench.methods.classical:MKL",
+    "idt": "seminft_bench.bench.methods.classical:IDT",
+    "histogram": "seminft_bench.bench.methods.classical:Histogram",
+    "gpt-image-1.5": "seminft_bench.bench.methods.editors:GPTImage",
+    "nano-banana": "seminft_bench.bench.methods.editors:NanoBanana",
+    "qwen-image-edit": "seminft_bench.bench.methods.editors:QwenImageEdit",
+}
+PREDICTIONS_PREFIX = "predictions:"
+
+
+def method_names() -> list[str]:
+    """Every registered name, plus the ``predictions:DIR`` form."""
+    return [*REGISTRY, PREDICTIONS_PREFIX + "DIR"]
+
+
+def get_method(name: str, context: MethodContext | None = None) -> Method:
+    """The method called ``name``, ready to run; `MethodUnavailable` says what is missing when it cannot."""
+    if name.startswith(PREDICTIONS_PREFIX):
+        from seminft_bench.bench.methods.predictions import Predictions
+
+        return Predictions(name[len(PREDICTIONS_PREFIX) :])
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    module_name, factory_name = REGISTRY[name].split(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    from_context = getattr(factory, "from_context", None)
+    method = from_context(context or MethodContext()) if from_context else factory()
+    method.name = name
+    return method
+
+
+__all__ = ["Method", "MethodContext", "MethodUnavailable", "REGISTRY", "get_method", "method_names"]

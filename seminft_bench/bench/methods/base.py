@@ -1,0 +1,56 @@
+"""What a preset-transfer method is to the runner: PIL in, PIL out, plus a few honest facts about itself."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from PIL import Image
+
+from seminft_bench.bench.samples import BenchSet, Sample
+
+
+class MethodUnavailable(RuntimeError):
+    """The method cannot run here (missing weights, API key, GPU or per-sample data); the message says what to provide."""
+
+
+@dataclass
+class MethodContext:
+    """Shared services for methods that call models or APIs; local methods ignore it.
+
+    ``cache`` / ``ledger`` / ``transport`` are the judges' (`seminft_bench.vlm`): a reply
+    cache on disk, a cost ledger and a retrying, rate-limited transport. ``device`` is
+    where local models run (None: CUDA when present).
+    """
+
+    cache: object | None = None
+    ledger: object | None = None
+    transport: object | None = None
+    device: str | None = None
+    concurrency: int = 8
+
+
+class Method(ABC):
+    """A preset-transfer method: regrade ``source`` to look like ``reference``.
+
+    Subclasses implement `transfer`; `run` is what the runner calls, so methods that need
+    more than the two images (``oracle``: the true preset; ``predictions:DIR``: the file
+    named after the sample) override it instead. ``concurrency`` is how many samples the
+    runner may have in flight at once (1 for local compute, many for API calls).
+    """
+
+    name: str = ""
+    concurrency: int = 1
+
+    @abstractmethod
+    def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
+        """Return ``source`` regraded like ``reference``: RGB, the size of ``source``."""
+
+    def run(self, sample: Sample) -> Image.Image:
+        return self.transfer(sample.image("source"), sample.image("reference"))
+
+    def prepare(self, bench_set: BenchSet) -> None:
+        """Raise `MethodUnavailable` when this method cannot run on ``bench_set`` at all."""
+
+    def close(self) -> None:
+        """Release models, clients and threads."""
