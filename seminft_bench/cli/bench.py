@@ -7,9 +7,67 @@ from typing import Optional
 
 import typer
 
-from seminft_bench.cli.common import new_app
+from seminft_bench.cli.common import fail, new_app
 
 app = new_app("Benchmark preset-transfer methods: run, score, report.")
+
+DEFAULT_METHODS = "identity,reference,reinhard,mkl,idt,histogram"
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@app.command("run")
+def run_command(
+    dataset: str = typer.Option("demo", help="demo, pst50-paired:DIR, pst50-unpaired:DIR, a dataset folder or a cached Hub repo."),
+    method: str = typer.Option(DEFAULT_METHODS, "--method", help="Comma-separated methods; predictions:DIR for an external method's outputs."),
+    judges: str = typer.Option("gpt-4o,gemini-2.5-flash,qwen3-vl-32b", help="Comma-separated judges ('' for none)."),
+    reward: str = typer.Option("qwen3-vl-8b", help="Reward model for the logit score ('' for none)."),
+    metrics: str = typer.Option("psnr,ssim,lpips,dists,dino", help="Comma-separated image metrics."),
+    out: Path = typer.Option(Path("bench_out"), help="Run folder; rerunning into it resumes."),
+    cache: Optional[Path] = typer.Option(None, help="API reply cache [default: $XDG_CACHE_HOME/seminft-bench/vlm]."),
+    split: str = typer.Option("test", help="Split of a built dataset."),
+    variant: Optional[str] = typer.Option(None, help="bw: greyscale sources (colourisation, paper §4.3)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unusable samples (recorded) instead of failing."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N samples."),
+    concurrency: int = typer.Option(16, min=1, help="API requests in flight per judge or API method."),
+    config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
+    device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
+    dino_threshold: float = typer.Option(0.7, help="DINO similarity above which an output keeps the source's content."),
+) -> None:
+    """Run methods on a set, score every output, and write results.jsonl plus the reports."""
+    from seminft_bench.bench.runner import RunOptions, run_benchmark
+    from seminft_bench.imaging import ImageReadError
+
+    options = RunOptions(
+        dataset=dataset, methods=_names(method), judges=_names(judges), reward=reward or None,
+        metrics=_names(metrics), split=split, variant=variant, skip_bad=skip_bad, limit=limit,
+        concurrency=concurrency, cache=str(cache) if cache else None, judge_config=str(config) if config else None,
+        device=device, dino_threshold=dino_threshold,
+    )
+    try:
+        summary = run_benchmark(out, options, log=lambda line: typer.echo(line, err=True))
+    except (ValueError, FileNotFoundError, ImageReadError) as error:
+        fail(error)
+    typer.echo(
+        f"{summary.samples} samples, {summary.cells} (sample, method) records, {summary.failed} failed cells "
+        f"in {summary.seconds:.1f} s"
+    )
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command("report")
+def report_command(run_dir: Path = typer.Argument(..., help="A folder written by `seminft-bench run`.")) -> None:
+    """Rebuild summary.csv, report.md, report.tex and report.html from results.jsonl."""
+    from seminft_bench.bench.report import write_reports
+
+    try:
+        files = write_reports(run_dir)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+    for kind, path in files.items():
+        typer.echo(f"{kind}: {path}")
 
 
 @app.command("judge")

@@ -1,0 +1,241 @@
+"""Classical colour-transfer baselines: global statistics of the reference imposed on the source.
+
+Each method has an array-level function on H×W×3 float32 images in [0, 1] (any two sizes:
+only the reference's colour distribution is used). The functions return the exact map of
+their paper, which may leave [0, 1]; the `Method` classes clip it to make an image.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+from PIL import Image
+from skimage.exposure import match_histograms
+from skimage.transform import resize
+
+from seminft_bench.bench.methods.base import Method
+from seminft_bench.imaging import from_array, to_array
+
+# Reinhard et al. 2001, eq. 4 and 6: RGB → LMS cone space, then log LMS → Ruderman's decorrelated lαβ.
+_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LOG_LMS_TO_LAB = np.diag([3**-0.5, 6**-0.5, 2**-0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
+_LAB_TO_LOG_LMS = np.linalg.inv(_LOG_LMS_TO_LAB)
+_LOG_OFFSET = 1 / 255
+"""Added to LMS before the log: black stays finite, and near-black noise (one 8-bit step) does not
+become the outliers that dominate log-space statistics. An offset, not a floor, so the map inverts."""
+
+_MIN_EIGENVALUE = 1e-8
+"""Floor on covariance eigenvalues (a colour std of 1e-4): flat or grey images have singular covariances."""
+
+
+def _pixels(image: np.ndarray) -> np.ndarray:
+    return np.asarray(image, np.float64).reshape(-1, 3)
+
+
+def rgb_to_lalphabeta(rgb: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] → Reinhard's lαβ (log cone responses rotated to decorrelated axes), float64."""
+    lms = np.asarray(rgb, np.float64) @ _RGB_TO_LMS.T
+    return np.log10(lms + _LOG_OFFSET) @ _LOG_LMS_TO_LAB.T
+
+
+def lalphabeta_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Inverse of `rgb_to_lalphabeta` (values may leave [0, 1] for out-of-gamut lαβ), float64."""
+    lms = 10 ** (np.asarray(lab, np.float64) @ _LAB_TO_LOG_LMS.T) - _LOG_OFFSET
+    return lms @ _LMS_TO_RGB.T
+
+
+def reinhard_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Match the mean and std of each lαβ channel: its axes are nearly decorrelated for natural
+    images, so three independent 1-D shifts and scales move the colour feel (Reinhard et al. 2001)."""
+    src, ref = _pixels(rgb_to_lalphabeta(source)), _pixels(rgb_to_lalphabeta(reference))
+    src_mean, src_std = src.mean(0), src.std(0)
+    scale = ref.std(0) / np.maximum(src_std, 1e-12)  # a flat channel has src - mean = 0: any scale works
+    lab = (src - src_mean) * scale + ref.mean(0)
+    return lalphabeta_to_rgb(lab).reshape(source.shape).astype(np.float32)
+
+
+def _sqrtm(cov: np.ndarray, power: float = 0.5) -> np.ndarray:
+    """``cov ** power`` for a symmetric PSD matrix, eigenvalues floored at `_MIN_EIGENVALUE`."""
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors * np.maximum(values, _MIN_EIGENVALUE) ** power) @ vectors.T
+
+
+def mkl_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The linear map that sends the source's colour mean and covariance to the reference's with the
+    least total colour change (Monge-Kantorovich for Gaussians; Pitié & Kokaram 2007)."""
+    src, ref = _pixels(source), _pixels(reference)
+    cov_src, cov_ref = np.cov(src, rowvar=False, bias=True), np.cov(ref, rowvar=False, bias=True)
+    src_half, src_inv_half = _sqrtm(cov_src), _sqrtm(cov_src, -0.5)
+    transform = src_inv_half @ _sqrtm(src_half @ cov_ref @ src_half) @ src_inv_half  # symmetric
+    out = (src - src.mean(0)) @ transform + ref.mean(0)
+    return out.reshape(source.shape).astype(np.float32)
+
+
+def histogram_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-channel exact quantile mapping: each source value goes to the reference value at its CDF level."""
+    return match_histograms(np.asarray(source, np.float32), np.asarray(reference, np.float32), channel_axis=-1)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3×3 orthogonal matrix (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _match_1d(values: np.ndarray, target: np.ndarray, bins: int) -> np.ndarray:
+    """Map ``values`` through F_target⁻¹ ∘ F_values, with both CDFs taken from ``bins``-bin histograms
+    over their joint range (linear within a bin), as in the paper: O(N), no sorting."""
+    lo = min(values.min(), target.min())
+    hi = max(values.max(), target.max(), lo + 1e-6)
+    edges = np.linspace(lo, hi, bins + 1)
+    cdfs = []
+    for x in (values, target):
+        counts = np.histogram(x, bins=bins, range=(lo, hi))[0] + 1e-6  # strictly increasing CDF
+        cdfs.append(np.concatenate([[0.0], np.cumsum(counts) / counts.sum()]))
+    mapped_edges = np.interp(cdfs[0], cdfs[1], edges)
+    return np.interp(values, edges, mapped_edges)
+
+
+def pdf_transfer(
+    source: np.ndarray, reference: np.ndarray, iterations: int = 20, bins: int = 300, seed: int = 0
+) -> np.ndarray:
+    """Iterative distribution transfer (Pitié, Kokaram & Dahyot 2005): the full 3-D colour distribution,
+    not just its moments, is moved onto the reference's by matching 1-D marginals along the axes of a new
+    random rotation each iteration. No regrain; values stay within the two images' joint range."""
+    rng = np.random.default_rng(seed)
+    src, ref = _pixels(source), _pixels(reference)
+    for _ in range(iterations):
+        rotation = _random_rotation(rng)
+        src_rot, ref_rot = src @ rotation.T, ref @ rotation.T
+        matched = np.stack([_match_1d(src_rot[:, k], ref_rot[:, k], bins) for k in range(3)], axis=1)
+        src = src + (matched - src_rot) @ rotation
+    return src.reshape(source.shape).astype(np.float32)
+
+
+def _gradient_norm(image: np.ndarray) -> np.ndarray:
+    """Forward-difference colour gradient magnitude, zero past the last row and column."""
+    gx = np.zeros_like(image)
+    gy = np.zeros_like(image)
+    gx[:, :-1] = np.diff(image, axis=1)
+    gy[:-1] = np.diff(image, axis=0)
+    return np.sqrt((gx**2 + gy**2).sum(-1))
+
+
+def _regrain_level(original: np.ndarray, graded: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
+    """Jacobi iterations on the Euler-Lagrange equation of
+    ∫ φ‖∇J − ∇I‖² + ψ‖J − t(I)‖², over 4-neighbour edges p~q:
+    ψ_p (J_p − t_p) + Σ_q φ_pq ((J_p − J_q) − (I_p − I_q)) = 0.
+
+    Weights follow Pitié et al. 2007 §5: φ = 30 / (1 + 10‖∇I‖) enforces the original's gradients most
+    in its flat areas, where grain shows; ψ = min(1, ‖∇I‖ / 5 levels) keeps the graded colours on edges.
+    """
+    grad = _gradient_norm(original)
+    phi = 30 / (1 + 10 * grad)
+    psi = np.clip(grad * 255 / 5, 1e-3, 1)[..., None]  # floor: ψ = 0 makes a lone pixel 0/0
+    phi_x = ((phi[:, :-1] + phi[:, 1:]) / 2)[..., None]  # edge (i, j)~(i, j+1)
+    phi_y = ((phi[:-1] + phi[1:]) / 2)[..., None]  # edge (i, j)~(i+1, j)
+    dx, dy = np.diff(original, axis=1), np.diff(original, axis=0)  # I_q − I_p along each edge
+
+    denom, rhs = psi.copy(), psi * graded  # the parts that do not depend on J
+    denom[:, :-1] += phi_x
+    denom[:, 1:] += phi_x
+    denom[:-1] += phi_y
+    denom[1:] += phi_y
+    rhs[:, :-1] -= phi_x * dx
+    rhs[:, 1:] += phi_x * dx
+    rhs[:-1] -= phi_y * dy
+    rhs[1:] += phi_y * dy
+
+    out = init
+    for _ in range(iterations):
+        neighbours = rhs.copy()
+        neighbours[:, :-1] += phi_x * out[:, 1:]
+        neighbours[:, 1:] += phi_x * out[:, :-1]
+        neighbours[:-1] += phi_y * out[1:]
+        neighbours[1:] += phi_y * out[:-1]
+        out = neighbours / denom
+    return out
+
+
+def regrain(
+    original: np.ndarray, graded: np.ndarray, iterations: tuple[int, ...] = (4, 16, 32, 64, 64, 64)
+) -> np.ndarray:
+    """Pitié's grain reduction: keep ``graded``'s colours but ``original``'s gradient field, so that the
+    noise a non-linear colour map amplifies in flat areas is smoothed away without blurring edges.
+
+    Solved coarse to fine (Pitié et al. 2007): ``iterations[k]`` Jacobi sweeps at the k-th halving
+    (few at full size, where each is costly; many at coarse sizes, where colours must travel far).
+    """
+    original = np.asarray(original, np.float64)
+    graded = np.asarray(graded, np.float64)
+    height, width = original.shape[:2]
+    init = graded
+    if len(iterations) > 1 and min(height, width) // 2 > 20:
+        half = ((height + 1) // 2, (width + 1) // 2, 3)
+        graded_half = resize(graded, half, order=1)
+        correction = regrain(resize(original, half, order=1), graded_half, iterations[1:]) - graded_half
+        init = graded + resize(correction, original.shape, order=1, clip=False)
+    return _regrain_level(original, graded, init, iterations[0]).astype(np.float32)
+
+
+def idt_transfer(source: np.ndarray, reference: np.ndarray, iterations: int = 20, seed: int = 0) -> np.ndarray:
+    """`pdf_transfer` followed by `regrain` against the source: the paper's full colour-grading method."""
+    return regrain(source, pdf_transfer(source, reference, iterations=iterations, seed=seed))
+
+
+class _ArrayMethod(Method):
+    """Runs an array-level transfer on float32 [0, 1] pixels and clips the result into an image."""
+
+    def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
+        out = self.transfer_array(to_array(source, np.float32), to_array(reference, np.float32))
+        return from_array(np.clip(out, 0, 1))
+
+    @abstractmethod
+    def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """``source`` regraded like ``reference``, H×W×3 float32 (may leave [0, 1])."""
+
+
+class Reinhard(_ArrayMethod):
+    """Reinhard, Ashikhmin, Gooch & Shirley 2001, "Color Transfer between Images": lαβ mean/std matching."""
+
+    name = "reinhard"
+
+    def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return reinhard_transfer(source, reference)
+
+
+class MKL(_ArrayMethod):
+    """Pitié & Kokaram 2007, "The linear Monge-Kantorovitch linear colour mapping for example-based
+    colour transfer": the optimal-transport linear map between the two colour Gaussians."""
+
+    name = "mkl"
+
+    def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return mkl_transfer(source, reference)
+
+
+class IDT(_ArrayMethod):
+    """Pitié, Kokaram & Dahyot 2005/2007, "N-dimensional probability density function transfer" and
+    "Automated colour grading using colour distribution transfer": iterative distribution transfer
+    plus regrain. Seeded, so the same images give the same output."""
+
+    name = "idt"
+
+    def __init__(self, iterations: int = 20, seed: int = 0):
+        self.iterations = iterations
+        self.seed = seed
+
+    def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return idt_transfer(source, reference, iterations=self.iterations, seed=self.seed)
+
+
+class Histogram(_ArrayMethod):
+    """Per-channel histogram specification in RGB (Gonzalez & Woods' classic CDF matching): exact
+    marginals, but channels are matched independently, so colours can shift."""
+
+    name = "histogram"
+
+    def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return histogram_transfer(source, reference)
