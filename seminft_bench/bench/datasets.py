@@ -4,7 +4,7 @@
 
 - ``demo``: eight photos bundled with scikit-image, at most 256 px, each graded with
   a built-in preset P: source = the photo, reference = P(the next photo),
-  target = P(the photo). Made offline in about a second; the default set.
+  target = P(the photo). Made offline in a few seconds; the default set.
 - ``pst50-paired:ROOT`` and ``pst50-unpaired:ROOT``: SA-LUT's PST50 benchmark in its
   published layout (``content_709/``, ``paired_style/``, ``paired_gt/``,
   ``unpaired_style/``, files ``1.png`` to ``50.png``). Paired: source
@@ -52,13 +52,15 @@ PST50_LAYOUTS = {
     "pst50-paired": {"source": "content_709", "reference": "paired_style", "target": "paired_gt"},
     "pst50-unpaired": {"source": "content_709", "reference": "unpaired_style"},
 }
-DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field")
+DEMO_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field"
+)
 DEMO_SIZE = 256
 MAX_LISTED = 20
 """Bad samples named in a load error; the rest are counted."""
 
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-_SAFE_NAME = re.compile(r"\w[\w.,+=@~ -]{0,199}")  # names output files: no separators, not hidden, not too long
+_NOT_IN_FILE_NAMES = re.compile(r'[\x00-\x1f/\\:*?"<>|]')  # separators, controls, what Windows refuses
 _DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
@@ -113,7 +115,8 @@ def load_bench_set(
     if not samples:
         raise BenchSetError(_listing(f"{name}: no usable sample", skipped))
     if skipped and not skip_bad:
-        raise BenchSetError(_listing(f"{name}: {len(skipped)} of {len(drafts)} samples are bad (skip_bad leaves them out)", skipped))
+        headline = f"{name}: {len(skipped)} of {len(drafts)} samples are bad (--skip-bad leaves them out)"
+        raise BenchSetError(_listing(headline, skipped))
     return BenchSet(f"{name}+{variant}" if variant else name, samples, skipped)
 
 
@@ -134,7 +137,7 @@ def _find(spec: str | os.PathLike, split: str, limit: int | None, lut_dir: Path 
         layout = {role: role for role in ROLES if role != "target" or (root / role).is_dir()}
         return name, _folder_drafts(root, layout)
     if (root / "content_709").is_dir():
-        raise BenchSetError(f"{root} is a PST50 tree: load it as pst50-paired:{root} (with targets) or pst50-unpaired:{root}")
+        raise BenchSetError(f"{root} is a PST50 tree: load it as pst50-paired:{root} or pst50-unpaired:{root}")
     raise BenchSetError(
         f"{root} is not an evaluation set: expected data/{{split}}-*.parquet shards (seminft-data build-coldstart or "
         "build-rl), source/ and reference/ (and optionally target/) image folders, or a PST50 tree (pst50-paired:DIR)"
@@ -146,7 +149,9 @@ def _resolve(text: str) -> tuple[Path, str]:
     path = Path(text).expanduser()
     if path.is_dir():
         return path, path.resolve().name
-    if path.exists() or not _REPO_ID.fullmatch(text):
+    if path.exists():
+        raise BenchSetError(f"{text}: not a folder")
+    if not _REPO_ID.fullmatch(text):
         raise BenchSetError(f"{text}: no such folder")
     import huggingface_hub
     from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
@@ -193,7 +198,8 @@ def _row_draft(row: dict, has_target: bool, lut_dir: Path | None) -> _Draft:
         **images,
         info={key: value for key, value in row.items() if key not in ("id", *ROLES)},
     )
-    draft.problems += [f"no {role} image" for role in ROLES if images[role] is None and (role != "target" or has_target)]
+    expected = ROLES if has_target else ("source", "reference")
+    draft.problems += [f"no {role} image embedded" for role in expected if images[role] is None]
     if row.get("preset") is not None and row.get("preset_params") is not None:
         try:
             draft.preset = _recorded_preset(row["preset"], row["preset_params"], lut_dir)
@@ -202,9 +208,9 @@ def _row_draft(row: dict, has_target: bool, lut_dir: Path | None) -> _Draft:
     return draft
 
 
-def _image_cell(cell: Mapping | None) -> ImageSource | None:
-    """A ``datasets.Image`` cell: its embedded bytes, else its path."""
-    return None if cell is None else cell.get("bytes") or cell.get("path")
+def _image_cell(cell: Mapping | None) -> bytes | None:
+    """A ``datasets.Image`` cell's embedded bytes (a bare path would be relative to where the set was made)."""
+    return None if cell is None else cell["bytes"]
 
 
 def _recorded_preset(name: str, params_json: str, lut_dir: Path | None) -> Preset | Lut3D | Lut1D | None:
@@ -268,12 +274,13 @@ def _demo_images() -> tuple[tuple[str, bytes, bytes, bytes, Preset], ...]:
         preset = presets[i * len(presets) // len(photos)]
         lut = preset.to_lut()
         reference = apply_lut(photos[(i + 1) % len(photos)], lut)
-        made.append((f"{name}-{preset.name}", encode_png(photo), encode_png(reference), encode_png(apply_lut(photo, lut)), preset))
+        target = apply_lut(photo, lut)
+        made.append((f"{name}-{preset.name}", encode_png(photo), encode_png(reference), encode_png(target), preset))
     return tuple(made)
 
 
 def _demo_drafts() -> list[_Draft]:
-    return [_Draft(name, source, reference, target, preset) for name, source, reference, target, preset in _demo_images()]
+    return [_Draft(*images) for images in _demo_images()]
 
 
 def _skimage_photo(name: str) -> np.ndarray:
@@ -295,10 +302,17 @@ def _check_names(drafts: list[_Draft]) -> None:
     """Names become output file names: each must be unique and safe as one."""
     counts = Counter(draft.name for draft in drafts)
     for draft in drafts:
-        if not _SAFE_NAME.fullmatch(draft.name) or draft.name.endswith((" ", ".")):
+        if not _is_file_name(draft.name):
             draft.problems.append(f"name {draft.name!r} is not safe as a file name")
         if counts[draft.name] > 1:
             draft.problems.append(f"name shared by {counts[draft.name]} samples")
+
+
+def _is_file_name(name: str) -> bool:
+    """Safe as one file name on any system: not hidden, not a path, no trailing dot or space, not too long."""
+    if not 0 < len(name) <= 200 or _NOT_IN_FILE_NAMES.search(name):
+        return False
+    return name[0] not in ". " and name[-1] not in ". "
 
 
 def _checked(drafts: list[_Draft], grey: bool) -> tuple[list[Sample], list[Skipped]]:

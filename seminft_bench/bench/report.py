@@ -16,6 +16,7 @@ import csv
 import html
 import io
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -285,8 +286,14 @@ def report_html(run_dir: Path, table: Table, agreement: dict, costs: dict, info:
 
 
 def _distribution_plot(records: dict, methods: Sequence[str], col: Column) -> str | None:
-    """A box plot of the column's per-sample values per method, as base64 PNG (None: nothing to show)."""
-    values = {m: [v for (_, rm), r in records.items() if rm == m and (v := col.value(r)) is not None] for m in methods}
+    """A box plot of the column's per-sample values per method, as base64 PNG (None: nothing to show).
+
+    Infinite values (the PSNR of an exact copy) cannot be drawn and are left out of the plot only.
+    """
+    values = {
+        m: [v for (_, rm), r in records.items() if rm == m and (v := col.value(r)) is not None and math.isfinite(v)]
+        for m in methods
+    }
     values = {m: v for m, v in values.items() if v}
     if not values or col.key == "success":
         return None

@@ -1,0 +1,194 @@
+"""`seminft-bench run` end to end on a small in-memory set: cells, resume, added judges, failures, reports."""
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from seminft_bench.bench import runner as runner_module
+from seminft_bench.bench.methods import Method, get_method
+from seminft_bench.bench.report import write_reports
+from seminft_bench.bench.results import read_records
+from seminft_bench.bench.runner import RunOptions, run_benchmark
+from seminft_bench.bench.samples import BenchSet, Sample
+from seminft_bench.imaging import encode_png, to_array
+from seminft_bench.presets import apply_lut, builtin_presets
+from seminft_bench.vlm.testserver import Answer, PlantedServer
+
+OPENAI_KEY = "sk-runner-test-0123456789"
+GEMINI_KEY = "gm-runner-test-0123456789"
+METHODS = ["identity", "reference", "oracle"]
+
+
+@pytest.fixture(scope="module")
+def bench_set():
+    photos = [skimage.data.astronaut()[::8, ::8], skimage.data.coffee()[::8, ::8], skimage.data.chelsea()[::6, ::6]]
+    presets = builtin_presets()
+    samples = []
+    for i, photo in enumerate(photos):
+        lut = presets[3 * i + 1].to_lut()
+        reference = apply_lut(photos[(i + 1) % 3], lut)
+        samples.append(Sample(f"s{i}", encode_png(photo), encode_png(reference), encode_png(apply_lut(photo, lut)), presets[3 * i + 1]))
+    return BenchSet("mini", samples)
+
+
+def planted_score(seen) -> int:
+    """5 when the prediction has the reference's mean colour, less the further it is: a judge with taste."""
+    reference, prediction = (to_array(image, np.float32).mean(axis=(0, 1)) for image in seen.images[:2])
+    return int(np.clip(round(5 - 20 * np.abs(reference - prediction).mean()), 0, 5))
+
+
+def plan(seen):
+    score = planted_score(seen)
+    if seen.reward:
+        return Answer(str(score), logprobs={str(score): 0.0}, output_tokens=1)
+    return Answer(json.dumps({"score": score, "reasoning": f"planted {score}"}))
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with PlantedServer(plan) as planted:
+        config = tmp_path / "judges.toml"
+        config.write_text(
+            f'[judges.gpt-4o]\nbase_url = "{planted.openai_url}"\n'
+            f'[judges.\"gemini-2.5-flash\"]\nbase_url = "{planted.gemini_url}"\n'
+            f'[judges.\"qwen3-vl-8b\"]\nbase_url = "{planted.openai_url}"\n'
+        )
+        planted.config = str(config)
+        yield planted
+
+
+def options(server, tmp_path, **overrides):
+    base = dict(
+        methods=METHODS, judges=["gpt-4o"], reward="qwen3-vl-8b", metrics=["psnr", "ssim", "dino"],
+        cache=str(tmp_path / "cache"), judge_config=server.config, concurrency=4,
+    )
+    return RunOptions(**{**base, **overrides})
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_fills_every_cell_and_reports_not_computed(tmp_path, server, bench_set):
+    out = tmp_path / "run"
+    summary = run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+
+    records = lines(out / "results.jsonl")
+    assert sorted((r["sample"], r["method"]) for r in records) == sorted((s.name, m) for s in bench_set.samples for m in METHODS)
+    for record in records:
+        output = out / record["output"]
+        assert output.exists() and Image.open(output).size == bench_set.samples[int(record["sample"][1])].image("source").size
+        assert record["scores"]["gpt-4o"] is not None and record["reward"] is not None
+        assert record["reasoning"]["gpt-4o"].startswith("planted")
+        assert "dino" not in record["metrics"]  # no DINO weights here: absent, never 0
+    by_key = {(r["sample"], r["method"]): r for r in records}
+    for sample in bench_set.samples:
+        assert by_key[sample.name, "reference"]["scores"]["gpt-4o"] == 5  # the reference has the reference's colours
+        assert by_key[sample.name, "oracle"]["metrics"]["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert server.calls == 2 * len(records)  # one judge call and one reward call per cell
+    assert "metric dino" in summary.not_computed and summary.failed == 0
+
+    report = (out / "report.md").read_text()
+    assert "not computed" in report and "DINO" in report
+    assert "gpt-4o" in report and "Reward" in report
+    csv_text = (out / "summary.csv").read_text()
+    assert "success_mean" in csv_text and "not computed" in csv_text
+    html = (out / "report.html").read_text()
+    assert "inputs/reference/s0.png" in html and "outputs/oracle/s0.png" in html and "data:image/png;base64" in html
+    assert "\\textbf" in (out / "report.tex").read_text() or "identity" in (out / "report.tex").read_text()
+    assert (out / "inputs" / "target" / "s2.png").exists()
+
+
+def test_rerun_makes_no_calls_and_an_added_judge_only_its_own(tmp_path, server, bench_set):
+    out = tmp_path / "run"
+    run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+    first = (out / "results.jsonl").read_text()
+    server.reset_counts()
+
+    run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+    assert server.calls == 0
+    assert (out / "results.jsonl").read_text() == first
+
+    run_benchmark(out, options(server, tmp_path, judges=["gpt-4o", "gemini-2.5-flash"]), bench_set=bench_set, log=lambda line: None)
+    records = lines(out / "results.jsonl")
+    assert server.calls == len(records) == len(bench_set) * len(METHODS)  # only the new judge's cells
+    assert all(r["scores"]["gemini-2.5-flash"] is not None for r in records)
+    assert "gpt-4o vs gemini-2.5-flash" in (out / "report.md").read_text()
+
+
+def test_a_killed_run_resumes_without_duplicates(tmp_path, server, bench_set):
+    out = tmp_path / "run"
+    run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+    results = out / "results.jsonl"
+    complete = read_records(results)
+    # What a kill leaves: a lost output, a record written twice, and a torn last line.
+    (out / "outputs" / "identity" / "s1.png").unlink()
+    text = results.read_text().splitlines(keepends=True)
+    results.write_text("".join(text + text[:2]) + text[3][:25])
+
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+    records = lines(results)
+    assert len(records) == len({(r["sample"], r["method"]) for r in records}) == len(complete)
+    assert (out / "outputs" / "identity" / "s1.png").exists()
+
+
+class Flaky(Method):
+    """Fails on sample s1 until healed."""
+
+    name = "flaky"
+    healed = False
+
+    def transfer(self, source, reference):
+        if not Flaky.healed and source.size == (75, 50):
+            raise RuntimeError("out of memory on this one")
+        return source
+
+
+def test_failed_cells_are_recorded_counted_and_retried(tmp_path, server, bench_set, monkeypatch):
+    real_get_method = get_method
+    monkeypatch.setattr(
+        runner_module, "get_method", lambda name, context=None: Flaky() if name == "flaky" else real_get_method(name, context)
+    )
+    out = tmp_path / "run"
+    flaky_size = bench_set.samples[1].image("source").size
+    assert flaky_size == (75, 50)
+    run = options(server, tmp_path, methods=["flaky", "identity"], judges=[], reward=None)
+    summary = run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    record = read_records(out / "results.jsonl")["s1", "flaky"]
+    assert "out of memory" in record["errors"]["generate"] and record["output"] is None
+    assert summary.failed == 1
+    assert "| flaky |" in (out / "report.md").read_text() and "| 1 |" in (out / "report.md").read_text()
+
+    Flaky.healed = True
+    summary = run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    assert summary.failed == 0 and read_records(out / "results.jsonl")["s1", "flaky"]["metrics"]["psnr"] > 0
+
+
+def test_unavailable_judges_and_methods_are_skipped_with_one_line(tmp_path, bench_set, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    logged = []
+    run = RunOptions(methods=["identity", "predictions:" + str(tmp_path / "nowhere")], judges=["gpt-4o"], reward=None,
+                     metrics=["psnr"], cache=str(tmp_path / "cache"))  # fmt: skip
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=logged.append)
+    assert any("OPENAI_API_KEY" in line for line in logged)
+    assert set(summary.not_computed) == {"judge gpt-4o", "method predictions:" + str(tmp_path / "nowhere")}
+    table = (tmp_path / "run" / "report.md").read_text()
+    header, _, identity = [line for line in table.splitlines() if line.startswith("|")][:3]
+    assert "gpt-4o" in header and "not computed" in identity
+
+
+def test_report_rebuilds_from_results_alone(tmp_path, server, bench_set):
+    out = tmp_path / "run"
+    run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
+    before = (out / "report.md").read_text()
+    for name in ("report.md", "report.html", "summary.csv", "report.tex"):
+        (out / name).unlink()
+    files = write_reports(out)
+    assert set(files) == {"csv", "markdown", "latex", "html"} and (out / "report.md").read_text() == before
