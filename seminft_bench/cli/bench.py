@@ -125,3 +125,43 @@ def judge_command(
     if summary.failed:
         typer.echo("failed pairs carry their error in the results; rerun the same command to retry them", err=True)
         raise typer.Exit(1)
+
+
+study_app = typer.Typer(help="Blind user study over a run's outputs (paper App. A).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("make")
+def study_make(
+    run_dir: Path = typer.Argument(..., help="A folder written by `seminft-bench run`."),
+    methods: str = typer.Option(..., "--methods", help="Comma-separated methods to compare."),
+    out: Path = typer.Option(..., "--out", help="Study folder: page/ (host this) and key.json (keep this private)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Items drawn at random from the complete samples."),
+    seed: int = typer.Option(0, help="Shuffles items' options; keep it private."),
+    max_side: int = typer.Option(768, min=64, help="Long side of the images shown."),
+) -> None:
+    """Write a static questionnaire: reference, source and the methods' outputs, names hidden."""
+    from seminft_bench.bench.study import StudyError, make_study
+
+    try:
+        page = make_study(run_dir, _names(methods), out, limit=limit, seed=seed, max_side=max_side)
+    except (StudyError, FileNotFoundError) as error:
+        fail(error)
+    typer.echo(f"questionnaire: {page} (answers download as JSON; collect them in {out / 'answers'})")
+
+
+@study_app.command("tally")
+def study_tally(
+    answers: list[Path] = typer.Argument(..., help="Answer files downloaded from the page."),
+    study: Optional[Path] = typer.Option(None, help="The study folder [default: the one above the answer files]."),
+) -> None:
+    """Print each method's selection ratio per question with a 95% interval."""
+    from seminft_bench.bench.study import StudyError, format_tally, tally
+
+    study = study or next((p for p in answers[0].resolve().parents if (p / "key.json").exists()), None)
+    if study is None:
+        fail(FileNotFoundError(f"no key.json above {answers[0]}; pass --study STUDY"))
+    try:
+        typer.echo(format_tally(tally(study, answers)))
+    except StudyError as error:
+        fail(error)
