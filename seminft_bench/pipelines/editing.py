@@ -175,7 +175,7 @@ class QwenImageEditor:
         """``image`` edited by ``instruction``, the same for the same seed, at the input's size."""
         import torch
 
-        pipeline = self._load()
+        pipeline = self.load()
         generator = torch.Generator(device=pipeline.device).manual_seed(seed)
         edited = pipeline(
             image=image.convert("RGB"),
@@ -190,7 +190,7 @@ class QwenImageEditor:
             edited = edited.resize(image.size, Image.Resampling.LANCZOS)
         return edited
 
-    def _load(self) -> QwenImageEditPipeline:
+    def load(self) -> QwenImageEditPipeline:
         """The pipeline, loaded once; weights are found before importing torch, so missing ones fail fast."""
         if self._pipeline is not None:
             return self._pipeline

@@ -12,6 +12,8 @@ import base64
 import io
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,22 +118,70 @@ def data_url(image: bytes) -> str:
     return f"data:{IMAGE_MIME};base64," + base64.b64encode(image).decode("ascii")
 
 
+def openai_sdk(api_key: str, base_url: str | None, timeout: float):
+    """An ``openai.OpenAI`` with its own retries off (`Transport` retries); base_url None honours OPENAI_BASE_URL."""
+    import openai
+
+    return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+
+
+@contextmanager
+def openai_errors(model: str, secrets: tuple[str, ...]) -> Iterator[None]:
+    """Turn the openai SDK's errors inside the block into `TransientError` / `PermanentError`, keys redacted."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as error:
+        detail = error.message.removeprefix(f"Error code: {error.status_code} - ")
+        message = redact(f"HTTP {error.status_code} from {model}: {detail}", secrets)
+        if is_transient_status(error.status_code):
+            raise TransientError(message, parse_retry_after(error.response.headers)) from None
+        raise PermanentError(message) from None
+    except openai.APIConnectionError as error:  # timeouts included
+        raise TransientError(_connection_message(error, model, secrets)) from None
+
+
+def gemini_sdk(api_key: str, base_url: str | None, timeout: float):
+    """A ``google.genai.Client`` for the Gemini API with one attempt per call (`Transport` retries)."""
+    from google import genai
+    from google.genai import types
+
+    options = types.HttpOptions(
+        base_url=base_url, timeout=int(timeout * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+    )
+    return genai.Client(api_key=api_key, vertexai=False, http_options=options)
+
+
+@contextmanager
+def gemini_errors(model: str, secrets: tuple[str, ...]) -> Iterator[None]:
+    """Turn google-genai's errors inside the block into `TransientError` / `PermanentError`, keys redacted."""
+    import httpx2
+    from google.genai import errors
+
+    try:
+        yield
+    except errors.APIError as error:
+        message = redact(f"HTTP {error.code} from {model}: {error.message or error.details}", secrets)
+        if is_transient_status(error.code):
+            headers = error.response.headers if error.response is not None else None
+            raise TransientError(message, parse_retry_after(headers)) from None
+        raise PermanentError(message) from None
+    except httpx2.TransportError as error:  # timeouts, refused and dropped connections
+        raise TransientError(_connection_message(error, model, secrets)) from None
+
+
 class OpenAIClient:
     """Chat completions through the openai SDK: OpenAI itself or any compatible server (vLLM, SGLang)."""
 
     provider = "openai"
 
     def __init__(self, model: str, *, api_key: str, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
-        import openai
-
         self.model = model
         self.secrets = (api_key,)
-        # base_url None lets the SDK honour OPENAI_BASE_URL.
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        self._client = openai_sdk(api_key, base_url, timeout)
 
     def complete(self, request: Request) -> Reply:
-        import openai
-
         images = [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in request.images]
         messages = [
             {"role": "system", "content": request.prompt.system},
@@ -140,16 +190,8 @@ class OpenAIClient:
         options = {"max_tokens": request.max_tokens, "temperature": request.temperature}
         if request.reward:
             options.update(logprobs=True, top_logprobs=request.top_logprobs)
-        try:
+        with openai_errors(self.model, self.secrets):
             completion = self._client.chat.completions.create(model=self.model, messages=messages, **options)
-        except openai.APIStatusError as error:
-            detail = error.message.removeprefix(f"Error code: {error.status_code} - ")
-            message = redact(f"HTTP {error.status_code} from {self.model}: {detail}", self.secrets)
-            if is_transient_status(error.status_code):
-                raise TransientError(message, parse_retry_after(error.response.headers)) from None
-            raise PermanentError(message) from None
-        except openai.APIConnectionError as error:  # timeouts included
-            raise TransientError(_connection_message(error, self.model, self.secrets)) from None
         if not completion.choices:
             return Reply("", _openai_usage(completion))
         choice = completion.choices[0]
@@ -174,19 +216,12 @@ class GeminiClient:
     provider = "gemini"
 
     def __init__(self, model: str, *, api_key: str, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT_S):
-        from google import genai
-        from google.genai import types
-
         self.model = model
         self.secrets = (api_key,)
-        options = types.HttpOptions(
-            base_url=base_url, timeout=int(timeout * 1000), retry_options=types.HttpRetryOptions(attempts=1)
-        )
-        self._client = genai.Client(api_key=api_key, vertexai=False, http_options=options)
+        self._client = gemini_sdk(api_key, base_url, timeout)
 
     def complete(self, request: Request) -> Reply:
-        import httpx2
-        from google.genai import errors, types
+        from google.genai import types
 
         parts = [types.Part.from_bytes(data=image, mime_type=IMAGE_MIME) for image in request.images]
         parts.append(types.Part.from_text(text=request.prompt.user))
@@ -198,22 +233,14 @@ class GeminiClient:
         )
         if request.reward:
             config.response_logprobs, config.logprobs = True, request.top_logprobs
-        try:
+        with gemini_errors(self.model, self.secrets):
             response = self._client.models.generate_content(
                 model=self.model, contents=[types.Content(role="user", parts=parts)], config=config
             )
-        except errors.APIError as error:
-            message = redact(f"HTTP {error.code} from {self.model}: {error.message or error.details}", self.secrets)
-            if is_transient_status(error.code):
-                headers = error.response.headers if error.response is not None else None
-                raise TransientError(message, parse_retry_after(headers)) from None
-            raise PermanentError(message) from None
-        except httpx2.TransportError as error:  # timeouts, refused and dropped connections
-            raise TransientError(_connection_message(error, self.model, self.secrets)) from None
-        return Reply(response.text or "", _gemini_usage(response), _gemini_top_logprobs(response))
+        return Reply(response.text or "", gemini_usage(response), _gemini_top_logprobs(response))
 
 
-def _gemini_usage(response) -> Usage:
+def gemini_usage(response) -> Usage:
     meta = response.usage_metadata
     if meta is None:
         return Usage()

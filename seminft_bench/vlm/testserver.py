@@ -1,13 +1,14 @@
-"""A stand-in judge provider for offline tests and benchmarks.
+"""A stand-in judge and image-editor provider for offline tests and benchmarks.
 
 `PlantedServer` is a real HTTP server on 127.0.0.1 that speaks OpenAI chat
-completions (``POST …/chat/completions``) and Gemini ``generateContent``
-(``POST …/models/{model}:generateContent``). A plan decides each answer from the
-request it sees (the decoded images, the prompt, how many identical requests came
-before): a planted reply, an HTTP error (optionally with ``Retry-After``), a stall
-that outlasts the client's timeout, or a dropped connection. It counts requests and
-the tokens of every reply it delivered, so a test can compare them with the judge's
-ledger.
+completions (``POST …/chat/completions``), the OpenAI Responses API (``POST
+…/responses``; a generated image comes back as an ``image_generation_call``) and
+Gemini ``generateContent`` (``POST …/models/{model}:generateContent``; images as
+inline data). A plan decides each answer from the request it sees (the decoded
+images, the prompt, how many identical requests came before): a planted reply, an
+HTTP error (optionally with ``Retry-After``), a stall that outlasts the client's
+timeout, or a dropped connection. It counts requests and the tokens of every reply
+it delivered, so a test can compare them with the judge's ledger.
 """
 
 from __future__ import annotations
@@ -30,12 +31,18 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Answer:
-    """A 200 reply. ``logprobs`` are the top log-probabilities of the first token (sent when asked for)."""
+    """A 200 reply. ``logprobs`` are the top log-probabilities of the first token (sent when asked for).
+
+    ``image`` (PNG or JPEG bytes) is a generated image for the Responses API or Gemini, sent with
+    ``text`` unless that is empty. The Responses API reports an image reply's tokens as the image
+    tool's (``tool_usage.image_gen``), since OpenAI bills image generation apart from the chat.
+    """
 
     text: str
     logprobs: Mapping[str, float] | None = None
     input_tokens: int = 100
     output_tokens: int = 20
+    image: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -59,13 +66,15 @@ class Drop:
 
 @dataclass(frozen=True)
 class SeenRequest:
-    protocol: str  # "openai" or "gemini"
+    protocol: str  # "openai" (chat completions), "responses" (OpenAI Responses API) or "gemini"
     model: str
     system: str
-    text: str
+    text: str  # every text part of every message, in order, one per line
     images: tuple[Image.Image, ...]
     reward: bool  # log-probabilities were asked for
     attempt: int  # identical requests received before this one, over the server's life
+    roles: tuple[str, ...] = ()  # the role of each message, in order
+    wants_image: bool = False  # an image was asked for (image_generation tool, IMAGE response modality)
 
 
 Plan = Callable[[SeenRequest], Answer | Fault | Stall | Drop]
@@ -154,12 +163,12 @@ def _handler_for(server: PlantedServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             attempt = server._register(self.path, body)
             time.sleep(server.latency)
-            protocol = "gemini" if self.path.endswith(":generateContent") else "openai"
+            protocol = _protocol(self.path)
             if server.api_key is not None and self._presented_key() != server.api_key:
                 self._send_json(401, _error_body(protocol, 401, "invalid API key"))
                 return
             request = json.loads(body)
-            seen = _read_gemini(self.path, request, attempt) if protocol == "gemini" else _read_openai(request, attempt)
+            seen = _READERS[protocol](self.path, request, attempt)
             outcome = server.plan(seen)
             if isinstance(outcome, Drop):
                 self.close_connection = True
@@ -171,8 +180,7 @@ def _handler_for(server: PlantedServer) -> type[BaseHTTPRequestHandler]:
                 self._send_json(outcome.status, _error_body(protocol, outcome.status, outcome.message), headers)
             else:
                 server._bill(outcome)
-                reply = _gemini_reply(outcome, seen) if protocol == "gemini" else _openai_reply(outcome, seen)
-                self._send_json(200, reply)
+                self._send_json(200, _REPLIES[protocol](outcome, seen))
 
         def _presented_key(self) -> str | None:
             bearer = self.headers.get("Authorization", "")
@@ -197,7 +205,13 @@ def _decode(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.urlsafe_b64decode(data))).convert("RGB")
 
 
-def _read_openai(request: dict, attempt: int) -> SeenRequest:
+def _protocol(path: str) -> str:
+    if path.endswith(":generateContent"):
+        return "gemini"
+    return "responses" if path.endswith("/responses") else "openai"
+
+
+def _read_openai(path: str, request: dict, attempt: int) -> SeenRequest:
     system, texts, images = "", [], []
     for message in request["messages"]:
         content = message["content"]
@@ -210,7 +224,27 @@ def _read_openai(request: dict, attempt: int) -> SeenRequest:
             else:
                 texts.append(part["text"])
     reward = bool(request.get("logprobs"))
-    return SeenRequest("openai", request["model"], system, "\n".join(texts), tuple(images), reward, attempt)
+    roles = tuple(message["role"] for message in request["messages"])
+    return SeenRequest("openai", request["model"], system, "\n".join(texts), tuple(images), reward, attempt, roles)
+
+
+def _read_responses(path: str, request: dict, attempt: int) -> SeenRequest:
+    messages = request["input"]
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    texts, images = [], []
+    for message in messages:
+        content = message["content"]
+        for part in content if isinstance(content, list) else [{"type": "input_text", "text": content}]:
+            if part["type"] == "input_image":
+                images.append(_decode(part["image_url"].split(",", 1)[1]))
+            else:
+                texts.append(part["text"])
+    wants_image = any(tool.get("type") == "image_generation" for tool in request.get("tools", []))
+    roles = tuple(message["role"] for message in messages)
+    system = request.get("instructions") or ""
+    text = "\n".join(texts)
+    return SeenRequest("responses", request["model"], system, text, tuple(images), False, attempt, roles, wants_image)
 
 
 def _read_gemini(path: str, request: dict, attempt: int) -> SeenRequest:
@@ -224,8 +258,11 @@ def _read_gemini(path: str, request: dict, attempt: int) -> SeenRequest:
                 images.append(_decode(inline["data"]))
             elif "text" in part:
                 texts.append(part["text"])
-    reward = bool(request.get("generationConfig", {}).get("responseLogprobs"))
-    return SeenRequest("gemini", model, system, "\n".join(texts), tuple(images), reward, attempt)
+    config = request.get("generationConfig", {})
+    reward = bool(config.get("responseLogprobs"))
+    roles = tuple(content.get("role", "user") for content in request["contents"])
+    wants_image = "IMAGE" in config.get("responseModalities", [])
+    return SeenRequest("gemini", model, system, "\n".join(texts), tuple(images), reward, attempt, roles, wants_image)
 
 
 def _openai_reply(answer: Answer, seen: SeenRequest) -> dict:
@@ -249,8 +286,49 @@ def _openai_reply(answer: Answer, seen: SeenRequest) -> dict:
     }
 
 
+def _responses_reply(answer: Answer, seen: SeenRequest) -> dict:
+    output: list[dict] = []
+    if answer.text or answer.image is None:
+        content = [{"type": "output_text", "text": answer.text, "annotations": []}]
+        message = {"type": "message", "id": "msg_planted", "role": "assistant", "status": "completed"}
+        output.append({**message, "content": content})
+    if answer.image is not None:
+        result = base64.b64encode(answer.image).decode("ascii")
+        output.append({"type": "image_generation_call", "id": "ig_planted", "status": "completed", "result": result})
+    tokens = _responses_usage(answer.input_tokens, answer.output_tokens)
+    nothing = _responses_usage(0, 0)
+    chat, image_tool = (nothing, tokens) if answer.image is not None else (tokens, nothing)
+    usage = {
+        **chat,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    image_gen = {**image_tool, "input_tokens_details": {"image_tokens": 0, "text_tokens": image_tool["input_tokens"]}}
+    return {
+        "id": "resp_planted",
+        "object": "response",
+        "created_at": 0,
+        "model": seen.model,
+        "status": "completed",
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+        "tool_usage": {"image_gen": image_gen, "web_search": {"num_requests": 0}},
+    }
+
+
+def _responses_usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+
+
 def _gemini_reply(answer: Answer, seen: SeenRequest) -> dict:
-    candidate: dict = {"content": {"role": "model", "parts": [{"text": answer.text}]}, "finishReason": "STOP"}
+    parts: list[dict] = [{"text": answer.text}] if answer.text or answer.image is None else []
+    if answer.image is not None:
+        mime = Image.MIME[Image.open(io.BytesIO(answer.image)).format]
+        parts.append({"inlineData": {"mimeType": mime, "data": base64.b64encode(answer.image).decode("ascii")}})
+    candidate: dict = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}
     if seen.reward and answer.logprobs is not None:
         top = [{"token": token, "logProbability": logprob} for token, logprob in answer.logprobs.items()]
         candidate["logprobsResult"] = {"topCandidates": [{"candidates": top}]}
@@ -261,6 +339,17 @@ def _gemini_reply(answer: Answer, seen: SeenRequest) -> dict:
     }
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": seen.model}
 
+
+_READERS: dict[str, Callable[[str, dict, int], SeenRequest]] = {
+    "openai": _read_openai,
+    "responses": _read_responses,
+    "gemini": _read_gemini,
+}
+_REPLIES: dict[str, Callable[[Answer, SeenRequest], dict]] = {
+    "openai": _openai_reply,
+    "responses": _responses_reply,
+    "gemini": _gemini_reply,
+}
 
 _GEMINI_STATUS = {
     400: "INVALID_ARGUMENT",

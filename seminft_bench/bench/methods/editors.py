@@ -17,8 +17,10 @@ import io
 import math
 import os
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -42,6 +44,9 @@ from seminft_bench.vlm.clients import (
 from seminft_bench.vlm.costs import CostLedger, Price, Usage
 from seminft_bench.vlm.prompts import Prompt
 from seminft_bench.vlm.transport import TransientError, Transport, redact
+
+if TYPE_CHECKING:
+    from openai.types.responses import Response
 
 TEMPLATE_VERSION = "appc-fig7-v1"
 """Goes into every cache key: change any prompt text below and bump it, so no stale image is reused."""
@@ -155,6 +160,7 @@ class _APIEditor(Method):
 
     provider: str
     key_env: tuple[str, ...]
+    _client: object  # the provider's SDK client, made by the subclass
 
     def __init__(
         self,
@@ -182,18 +188,22 @@ class _APIEditor(Method):
         images = (encode_image(source, self.max_side), encode_image(reference, self.max_side))
         params = self.params(source.size)
         key = cache_key(self.provider, self.model, TEMPLATE_VERSION, images, params)
-        encoded = self.services.remember(
-            key, self.model, lambda: base64.b64encode(self.generate(*images, params)).decode("ascii")
-        )
-        return _decoded_at(base64.b64decode(encoded), source.size)
 
+        def draw() -> str:
+            return base64.b64encode(self.generate(*images, params)).decode("ascii")
+
+        return _decoded_at(base64.b64decode(self.services.remember(key, self.model, draw)), source.size)
+
+    def close(self) -> None:
+        self._client.close()
+
+    @abstractmethod
     def params(self, size: tuple[int, int]) -> dict[str, object]:
         """The request settings for a source of ``size`` (width, height)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def generate(self, source: bytes, reference: bytes, params: dict[str, object]) -> bytes:
         """The edited image, encoded, from the `encode_image` bytes of both inputs."""
-        raise NotImplementedError
 
     def _no_image(self, reason: str) -> TransientError:
         return TransientError(redact(f"{self.model} returned no image: {reason}", self.secrets))
@@ -209,8 +219,9 @@ class GPTImage(_APIEditor):
     The template leaves one assistant turn to the model, what it sees in the reference, so
     that turn is asked first and its reply goes back into the conversation: two calls per
     image, each retried and costed; only the image is cached. ``chat_model`` holds the
-    conversation; the image is drawn at the standard size nearest the source's aspect ratio
-    with high input fidelity (the source's content must survive) and resized to the source.
+    conversation (gpt-4.1: no reasoning tokens to pay for); the image is drawn at the standard
+    size nearest the source's aspect ratio with high input fidelity (the source's content must
+    survive) and resized to the source.
     """
 
     name = "gpt-image-1.5"
@@ -271,7 +282,7 @@ class GPTImage(_APIEditor):
                 return base64.b64decode(item.result)
         raise self._no_image(repr(response.output_text[:300]))
 
-    def _respond(self, turns: list[dict], **options):
+    def _respond(self, turns: list[dict], **options) -> Response:
         """One Responses API call on the conversation so far; its chat tokens go to the ledger."""
         with openai_errors(self.chat_model, self.secrets):
             response = self._client.responses.create(model=self.chat_model, input=turns, store=False, **options)
@@ -339,8 +350,8 @@ class NanoBanana(_APIEditor):
             if part.inline_data is not None and part.inline_data.data:
                 return part.inline_data.data
         said = "".join(part.text or "" for part in content_parts)
-        finish = candidate.finish_reason if candidate else response.prompt_feedback
-        raise self._no_image(f"finish reason {finish}, text {said[:300]!r}")
+        why = f"finish reason {candidate.finish_reason}" if candidate else f"prompt feedback {response.prompt_feedback}"
+        raise self._no_image(f"{why}, text {said[:300]!r}")
 
 
 class QwenImageEdit(Method):
@@ -384,7 +395,7 @@ class QwenImageEdit(Method):
 
     def prepare(self, bench_set: BenchSet) -> None:
         """Load the model now, so missing weights stop the method before its first sample."""
-        self.editor._load()
+        self.editor.load()
 
     def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
         return self.editor.edit(source, self.instruction(source, reference), self.seed)
@@ -396,15 +407,20 @@ class QwenImageEdit(Method):
             return FIXED_INSTRUCTION
         request = Request(WRITER_PROMPT, (encode_image(source), encode_image(reference)), WRITER_MAX_TOKENS)
         key = cache_key(writer.provider, writer.model, WRITER_PROMPT.version, request.images, request.params())
-        return self.services.remember(key, writer.model, lambda: self.services.transport.call(lambda: self._write(request)))
+        return self.services.remember(key, writer.model, lambda: self._write(writer, request))
 
-    def _write(self, request: Request) -> str:
-        reply = self.instruction_writer.complete(request)
-        self.services.ledger.record_call(self.instruction_writer.model, reply.usage)
-        text = redact(reply.text, self.instruction_writer.secrets).strip()
-        if not text:
-            raise TransientError(f"{self.instruction_writer.model} wrote no instruction")
-        return text
+    def _write(self, writer: JudgeClient, request: Request) -> str:
+        """Ask ``writer`` through the transport; an empty reply is retried."""
+
+        def attempt() -> str:
+            reply = writer.complete(request)
+            self.services.ledger.record_call(writer.model, reply.usage)
+            text = redact(reply.text, writer.secrets).strip()
+            if not text:
+                raise TransientError(f"{writer.model} wrote no instruction")
+            return text
+
+        return self.services.transport.call(attempt)
 
 
 def _api_key(method: str, variables: Sequence[str]) -> str:
