@@ -17,7 +17,7 @@ from skimage.transform import resize
 from seminft_bench.bench.methods.base import Method
 from seminft_bench.imaging import from_array, to_array
 
-# Reinhard et al. 2001, eq. 4 and 6: RGB → LMS cone space, then log LMS → Ruderman's decorrelated lαβ.
+# Reinhard et al. 2001: RGB → LMS cone space, then log LMS → Ruderman's decorrelated lαβ.
 _RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
 _LOG_LMS_TO_LAB = np.diag([3**-0.5, 6**-0.5, 2**-0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
 _LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
@@ -51,15 +51,15 @@ def reinhard_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
     images, so three independent 1-D shifts and scales move the colour feel (Reinhard et al. 2001)."""
     src, ref = _pixels(rgb_to_lalphabeta(source)), _pixels(rgb_to_lalphabeta(reference))
     src_mean, src_std = src.mean(0), src.std(0)
-    scale = ref.std(0) / np.maximum(src_std, 1e-12)  # a flat channel has src - mean = 0: any scale works
+    scale = ref.std(0) / np.maximum(src_std, 1e-6)  # flat channel: src - mean is rounding noise, keep it so
     lab = (src - src_mean) * scale + ref.mean(0)
     return lalphabeta_to_rgb(lab).reshape(source.shape).astype(np.float32)
 
 
-def _sqrtm(cov: np.ndarray, power: float = 0.5) -> np.ndarray:
-    """``cov ** power`` for a symmetric PSD matrix, eigenvalues floored at `_MIN_EIGENVALUE`."""
+def _matrix_power(cov: np.ndarray, power: float, floor: float = 0.0) -> np.ndarray:
+    """``cov ** power`` for a symmetric PSD matrix, eigenvalues raised to at least ``floor``."""
     values, vectors = np.linalg.eigh(cov)
-    return (vectors * np.maximum(values, _MIN_EIGENVALUE) ** power) @ vectors.T
+    return (vectors * np.maximum(values, floor) ** power) @ vectors.T
 
 
 def mkl_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -67,8 +67,9 @@ def mkl_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
     least total colour change (Monge-Kantorovich for Gaussians; Pitié & Kokaram 2007)."""
     src, ref = _pixels(source), _pixels(reference)
     cov_src, cov_ref = np.cov(src, rowvar=False, bias=True), np.cov(ref, rowvar=False, bias=True)
-    src_half, src_inv_half = _sqrtm(cov_src), _sqrtm(cov_src, -0.5)
-    transform = src_inv_half @ _sqrtm(src_half @ cov_ref @ src_half) @ src_inv_half  # symmetric
+    src_half = _matrix_power(cov_src, 0.5, _MIN_EIGENVALUE)
+    src_inv_half = _matrix_power(cov_src, -0.5, _MIN_EIGENVALUE)
+    transform = src_inv_half @ _matrix_power(src_half @ cov_ref @ src_half, 0.5) @ src_inv_half  # symmetric
     out = (src - src.mean(0)) @ transform + ref.mean(0)
     return out.reshape(source.shape).astype(np.float32)
 
@@ -85,17 +86,23 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def _match_1d(values: np.ndarray, target: np.ndarray, bins: int) -> np.ndarray:
-    """Map ``values`` through F_target⁻¹ ∘ F_values, with both CDFs taken from ``bins``-bin histograms
-    over their joint range (linear within a bin), as in the paper: O(N), no sorting."""
+    """Map ``values`` through F_target⁻¹ ∘ F_values, both CDFs from ``bins``-bin histograms over the
+    joint range (mass spread evenly within a bin), as in the paper: O(N), no sorting."""
     lo = min(values.min(), target.min())
-    hi = max(values.max(), target.max(), lo + 1e-6)
-    edges = np.linspace(lo, hi, bins + 1)
-    cdfs = []
-    for x in (values, target):
-        counts = np.histogram(x, bins=bins, range=(lo, hi))[0] + 1e-6  # strictly increasing CDF
-        cdfs.append(np.concatenate([[0.0], np.cumsum(counts) / counts.sum()]))
-    mapped_edges = np.interp(cdfs[0], cdfs[1], edges)
-    return np.interp(values, edges, mapped_edges)
+    scale = bins / max(values.max() - lo, target.max() - lo, 1e-6)
+    position = (values - lo) * scale  # in bins, [0, bins]
+    index = np.minimum(position.astype(np.int32), bins - 1)
+    target_index = np.minimum(((target - lo) * scale).astype(np.int32), bins - 1)
+    cdf, target_cdf = (_edge_cdf(np.bincount(i, minlength=bins)) for i in (index, target_index))
+    mapped = np.interp(cdf, target_cdf, np.arange(bins + 1)).astype(np.float32)  # edge k → position
+    fraction = position - index.astype(np.float32)  # int32 would promote the pixels to float64
+    return lo + (mapped[index] + fraction * np.diff(mapped)[index]) / scale
+
+
+def _edge_cdf(counts: np.ndarray) -> np.ndarray:
+    """The CDF at the bins+1 edges, strictly increasing (a tiny count in every bin) for `np.interp`."""
+    cumulative = np.cumsum(counts + 1e-6)
+    return np.concatenate([[0.0], cumulative / cumulative[-1]])
 
 
 def pdf_transfer(
@@ -103,15 +110,16 @@ def pdf_transfer(
 ) -> np.ndarray:
     """Iterative distribution transfer (Pitié, Kokaram & Dahyot 2005): the full 3-D colour distribution,
     not just its moments, is moved onto the reference's by matching 1-D marginals along the axes of a new
-    random rotation each iteration. No regrain; values stay within the two images' joint range."""
+    random rotation each iteration. Without `regrain`, stretched colour ranges show as grain."""
     rng = np.random.default_rng(seed)
-    src, ref = _pixels(source), _pixels(reference)
+    src = np.asarray(source, np.float32).reshape(-1, 3).T.copy()  # 3×N: rows are contiguous
+    ref = np.asarray(reference, np.float32).reshape(-1, 3).T.copy()
     for _ in range(iterations):
-        rotation = _random_rotation(rng)
-        src_rot, ref_rot = src @ rotation.T, ref @ rotation.T
-        matched = np.stack([_match_1d(src_rot[:, k], ref_rot[:, k], bins) for k in range(3)], axis=1)
-        src = src + (matched - src_rot) @ rotation
-    return src.reshape(source.shape).astype(np.float32)
+        rotation = _random_rotation(rng).astype(np.float32)
+        src_rot, ref_rot = rotation @ src, rotation @ ref
+        matched = np.stack([_match_1d(src_rot[k], ref_rot[k], bins) for k in range(3)])
+        src += rotation.T @ (matched - src_rot)
+    return src.T.reshape(source.shape)
 
 
 def _gradient_norm(image: np.ndarray) -> np.ndarray:
@@ -128,12 +136,12 @@ def _regrain_level(original: np.ndarray, graded: np.ndarray, init: np.ndarray, i
     ∫ φ‖∇J − ∇I‖² + ψ‖J − t(I)‖², over 4-neighbour edges p~q:
     ψ_p (J_p − t_p) + Σ_q φ_pq ((J_p − J_q) − (I_p − I_q)) = 0.
 
-    Weights follow Pitié et al. 2007 §5: φ = 30 / (1 + 10‖∇I‖) enforces the original's gradients most
+    Weights follow Pitié et al. 2007: φ = 30 / (1 + 10‖∇I‖) enforces the original's gradients most
     in its flat areas, where grain shows; ψ = min(1, ‖∇I‖ / 5 levels) keeps the graded colours on edges.
     """
-    grad = _gradient_norm(original)
+    grad = _gradient_norm(original) * 255  # in 8-bit levels, the paper's units
     phi = 30 / (1 + 10 * grad)
-    psi = np.clip(grad * 255 / 5, 1e-3, 1)[..., None]  # floor: ψ = 0 makes a lone pixel 0/0
+    psi = np.clip(grad / 5, 1e-3, 1)[..., None]  # floor: ψ = 0 makes a lone pixel 0/0
     phi_x = ((phi[:, :-1] + phi[:, 1:]) / 2)[..., None]  # edge (i, j)~(i, j+1)
     phi_y = ((phi[:-1] + phi[1:]) / 2)[..., None]  # edge (i, j)~(i+1, j)
     dx, dy = np.diff(original, axis=1), np.diff(original, axis=0)  # I_q − I_p along each edge
@@ -167,17 +175,24 @@ def regrain(
 
     Solved coarse to fine (Pitié et al. 2007): ``iterations[k]`` Jacobi sweeps at the k-th halving
     (few at full size, where each is costly; many at coarse sizes, where colours must travel far).
+    A level starts from ``graded`` plus the coarser level's upsampled correction, not from the upsampled
+    coarse solution, so the few full-size sweeps need not restore detail the upsampling blurred.
     """
-    original = np.asarray(original, np.float64)
-    graded = np.asarray(graded, np.float64)
+    original = np.asarray(original, np.float32)
+    graded = np.asarray(graded, np.float32)
     height, width = original.shape[:2]
     init = graded
     if len(iterations) > 1 and min(height, width) // 2 > 20:
-        half = ((height + 1) // 2, (width + 1) // 2, 3)
-        graded_half = resize(graded, half, order=1)
-        correction = regrain(resize(original, half, order=1), graded_half, iterations[1:]) - graded_half
-        init = graded + resize(correction, original.shape, order=1, clip=False)
-    return _regrain_level(original, graded, init, iterations[0]).astype(np.float32)
+        graded_half, original_half = (_half(x) for x in (graded, original))
+        correction = regrain(original_half, graded_half, iterations[1:]) - graded_half
+        init = graded + resize(correction, original.shape, order=1, clip=False).astype(np.float32)
+    return _regrain_level(original, graded, init, iterations[0])
+
+
+def _half(image: np.ndarray) -> np.ndarray:
+    """Half size (rounded up); bilinear sampling between pixels averages 2×2 blocks."""
+    half = ((image.shape[0] + 1) // 2, (image.shape[1] + 1) // 2, 3)
+    return resize(image, half, order=1, anti_aliasing=False).astype(np.float32)
 
 
 def idt_transfer(source: np.ndarray, reference: np.ndarray, iterations: int = 20, seed: int = 0) -> np.ndarray:
