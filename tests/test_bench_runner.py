@@ -192,3 +192,23 @@ def test_report_rebuilds_from_results_alone(tmp_path, server, bench_set):
         (out / name).unlink()
     files = write_reports(out)
     assert set(files) == {"csv", "markdown", "latex", "html"} and (out / "report.md").read_text() == before
+
+
+def test_cli_runs_the_demo_set_and_rebuilds_the_report(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import bench
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "demo", "--method", "identity,oracle,histogram", "--metrics", "psnr,ssim",
+            "--judges", "gpt-4o", "--reward", "", "--limit", "3", "--out", str(out), "--cache", str(tmp_path / "cache")]  # fmt: skip
+    result = CliRunner().invoke(bench.app, args)
+    assert result.exit_code == 0, result.output
+    assert "not computed: judge gpt-4o" in result.output and "report.html" in result.output
+    assert len(lines(out / "results.jsonl")) == 9
+    (out / "report.html").unlink()
+    result = CliRunner().invoke(bench.app, ["report", str(out)])
+    assert result.exit_code == 0 and (out / "report.html").exists()
+    result = CliRunner().invoke(bench.app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no run.json" in result.output
