@@ -1,10 +1,14 @@
 """Pairing rules: related but not duplicate, other author, different grade, limited reuse, quality."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
 
+from seminft_bench.pipelines import pairing
 from seminft_bench.pipelines.pairing import (
     ImageInfo,
     Pair,
@@ -202,3 +206,72 @@ def test_parallel_description_matches_serial(photo_folder):
         assert (a.width, a.height, a.phash, a.greyscale) == (b.width, b.height, b.phash, b.greyscale)
         np.testing.assert_array_equal(a.colour, b.colour)
     assert parallel[1] == serial[1]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The paths `describe_images` decodes (serially, in this process), in call order."""
+    calls = []
+    describe_one = pairing._describe_one
+
+    def counting(unit, root):
+        calls.append(unit[1])
+        return describe_one(unit, root)
+
+    monkeypatch.setattr(pairing, "_describe_one", counting)
+    return calls
+
+
+def _facts(infos):
+    return [(i.path, i.width, i.height, i.phash, i.colour.tobytes(), i.greyscale, i.author) for i in infos]
+
+
+def test_cached_descriptions_are_not_decoded_again(photo_folder, tmp_path, counted):
+    cache = tmp_path / "descriptions"
+    first = describe_images(NAMES, root=photo_folder, cache_dir=cache)
+    assert sorted(counted) == sorted(NAMES) and list(cache.glob("part_*.parquet"))
+    counted.clear()
+    again = describe_images(NAMES, root=photo_folder, authors={"camera.png": "ann"}, cache_dir=cache)
+    assert counted == []
+    assert again[1] == first[1] and again[1][0]["path"] == "corrupt.jpg"  # unreadable, still reported
+    assert _facts(again[0]) == [f[:-1] + ("ann" if f[0] == "camera.png" else None,) for f in _facts(first[0])]
+    # Paths given another way (absolute, no root) name the same files.
+    describe_images([str(photo_folder / name) for name in NAMES], cache_dir=cache)
+    assert counted == []
+
+
+def test_changed_files_are_described_again(photo_folder, tmp_path, counted):
+    folder, cache = tmp_path / "photos", tmp_path / "descriptions"
+    shutil.copytree(photo_folder, folder)
+    first, _ = describe_images(NAMES, root=folder, cache_dir=cache)
+    counted.clear()
+    os.utime(folder / "camera.png", ns=(0, 10**18))  # touched: same bytes, new modification time
+    Image.fromarray(data.coffee()).save(folder / "coffee-teal.png")  # regraded photo replaced
+    second, rejections = describe_images(NAMES, root=folder, cache_dir=cache)
+    assert sorted(counted) == ["camera.png", "coffee-teal.png"] and len(rejections) == 1
+    assert [info.path for info in second] == [info.path for info in first]
+    assert second[-1].path == "coffee-teal.png" and second[-1].colour.tobytes() != first[-1].colour.tobytes()
+    counted.clear()
+    describe_images(NAMES, root=folder, cache_dir=cache)
+    assert counted == []
+
+
+def test_a_killed_description_run_keeps_its_finished_parts(photo_folder, tmp_path, counted, monkeypatch):
+    cache = tmp_path / "descriptions"
+    monkeypatch.setattr(pairing, "DESCRIPTION_PART_SIZE", 2)
+    counting = pairing._describe_one
+
+    def killed_at_the_fifth(unit, root):
+        if len(counted) == 4:
+            raise KeyboardInterrupt
+        return counting(unit, root)
+
+    monkeypatch.setattr(pairing, "_describe_one", killed_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        describe_images(NAMES, root=photo_folder, cache_dir=cache)
+    assert len(list(cache.glob("part_*.parquet"))) == 2 and not list(cache.glob(".*"))
+    monkeypatch.setattr(pairing, "_describe_one", counting)
+    counted.clear()
+    resumed = describe_images(NAMES, root=photo_folder, cache_dir=cache)
+    assert counted == NAMES[4:]
+    assert _facts(resumed[0]) == _facts(describe_images(NAMES, root=photo_folder)[0])

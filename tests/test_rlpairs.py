@@ -4,8 +4,12 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from seminft_bench.pipelines import pairing, rlpairs
+from seminft_bench.pipelines.embeddings import read_embeddings
 from seminft_bench.pipelines.rlpairs import RLConfig, build_rl
 from seminft_bench.pipelines.samples import write_sample_photos
 
@@ -57,19 +61,46 @@ def test_bad_images_and_card(built):
     assert summary.recall == pytest.approx(1.0)  # a pool this small gets exact search
 
 
-def test_rerun_reuses_embeddings_and_gives_the_same_bytes(built, photos, tmp_path):
+def test_rerun_reuses_embeddings_and_descriptions_and_gives_the_same_bytes(built, photos, tmp_path, monkeypatch):
     out, _ = built
     copy = tmp_path / "again"
     shutil.copytree(out, copy)
+    described = []
+    monkeypatch.setattr(pairing, "_describe_one", lambda unit, root: described.append(unit))
     with pytest.warns(UserWarning, match="random weights"):
         build_rl(RLConfig(images=str(photos), out=str(copy), **LOOSE))
+    assert described == []
     assert shard_bytes(copy) == shard_bytes(out)
+    assert (copy / "rejections.jsonl").read_bytes() == (out / "rejections.jsonl").read_bytes()
+
+
+def files_under(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_precomputed_embeddings_skip_the_model(built, photos, tmp_path):
     out, _ = built
+    embeddings = out / ".work" / "embeddings"
+    before = files_under(embeddings)
     options = dict(LOOSE, clip_pretrained="no-such-tag")  # would fail if the model were loaded
-    build_rl(RLConfig(images=str(photos), out=str(tmp_path / "ds"), embeddings=str(out / ".work" / "embeddings"), **options))
+    build_rl(RLConfig(images=str(photos), out=str(tmp_path / "ds"), embeddings=str(embeddings), **options))
+    assert shard_bytes(tmp_path / "ds") == shard_bytes(out)
+    assert files_under(embeddings) == before  # the user's folder is only read
+    assert list((tmp_path / "ds" / ".work" / "descriptions").glob("part_*.parquet"))
+
+
+def test_the_dataset_does_not_depend_on_how_the_embeddings_are_sharded(built, photos, tmp_path, monkeypatch):
+    out, _ = built
+    paths, vectors = read_embeddings(out / ".work" / "embeddings")
+    shuffled = np.random.default_rng(0).permutation(len(paths))
+    for number, rows in enumerate(np.array_split(shuffled, -(-len(paths) // 3))):  # 3 rows a shard, any order
+        emb = tmp_path / "emb"
+        (emb / "img_emb").mkdir(parents=True, exist_ok=True)
+        (emb / "metadata").mkdir(exist_ok=True)
+        np.save(emb / "img_emb" / f"img_emb_{number}.npy", vectors[rows])
+        pq.write_table(pa.table({"image_path": [paths[i] for i in rows]}), emb / "metadata" / f"metadata_{number}.parquet")
+    monkeypatch.setattr(rlpairs, "CHUNK_ROWS", 4)  # index, exact search and search read 4 rows at a time
+    build_rl(RLConfig(images=str(photos), out=str(tmp_path / "ds"), embeddings=str(tmp_path / "emb"), **LOOSE))
     assert shard_bytes(tmp_path / "ds") == shard_bytes(out)
 
 

@@ -335,13 +335,26 @@ def _read_image_paths(metadata: Path) -> list[str]:
     return table.column("image_path").to_pylist()
 
 
-def iter_embedding_shards(emb_dir: str | os.PathLike) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(image paths, float32 [rows, D] vectors) per shard, in shard order: index building reads
-    a pool of any size this way, one shard in memory at a time.
+@dataclass(frozen=True)
+class EmbeddingShard:
+    """One shard's image paths and its vectors file (row i is image i), checked but not read."""
 
-    Reads our output and clip-retrieval's (whose vectors may be float16). Raises ValueError
-    when a shard's vector count differs from its metadata rows, or dimensions differ between
-    shards, and FileNotFoundError when there is no shard or a shard lacks its vectors.
+    paths: list[str]
+    vectors_file: Path
+
+    def vectors(self) -> np.ndarray:
+        """The vectors memory-mapped in their stored dtype (float32, or clip-retrieval's float16):
+        only the rows indexed are read from disk."""
+        return np.load(self.vectors_file, mmap_mode="r")
+
+
+def open_embedding_shards(emb_dir: str | os.PathLike) -> Iterator[EmbeddingShard]:
+    """Every shard in shard order with its vectors left on disk, so a caller can keep them all at
+    hand and read rows in any order, one memory map open at a time.
+
+    Reads our output and clip-retrieval's. Raises ValueError when a shard's vector count differs
+    from its metadata rows, or dimensions differ between shards, and FileNotFoundError when
+    there is no shard or a shard lacks its vectors.
     """
     emb_dir = Path(emb_dir)
     metadata_files = _metadata_files(emb_dir)
@@ -358,19 +371,25 @@ def iter_embedding_shards(emb_dir: str | os.PathLike) -> Iterator[tuple[list[str
     for number, metadata in metadata_files.items():
         if number not in vector_files:
             raise FileNotFoundError(f"{metadata}: its vectors img_emb/img_emb_{number}.npy are missing")
-        paths = _read_image_paths(metadata)
-        vectors = np.load(vector_files[number], mmap_mode="r")
-        if vectors.ndim != 2 or vectors.shape[0] != len(paths):
+        shard = EmbeddingShard(_read_image_paths(metadata), vector_files[number])
+        shape = shard.vectors().shape
+        if len(shape) != 2 or shape[0] != len(shard.paths):
             raise ValueError(
-                f"{vector_files[number]}: shape {vectors.shape} does not match {metadata}, "
-                f"which names {len(paths)} images (row i of the vectors must be image i)"
+                f"{vector_files[number]}: shape {shape} does not match {metadata}, "
+                f"which names {len(shard.paths)} images (row i of the vectors must be image i)"
             )
-        if dim is not None and vectors.shape[1] != dim:
-            raise ValueError(
-                f"{vector_files[number]}: {vectors.shape[1]}-dimensional vectors, but earlier shards have {dim}"
-            )
-        dim = vectors.shape[1]
-        yield paths, np.asarray(vectors, dtype=np.float32)
+        if dim is not None and shape[1] != dim:
+            raise ValueError(f"{vector_files[number]}: {shape[1]}-dimensional vectors, but earlier shards have {dim}")
+        dim = shape[1]
+        yield shard
+
+
+def iter_embedding_shards(emb_dir: str | os.PathLike) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(image paths, float32 [rows, D] vectors) per shard, in shard order: index building reads
+    a pool of any size this way, one shard in memory at a time. Raises as `open_embedding_shards`.
+    """
+    for shard in open_embedding_shards(emb_dir):
+        yield shard.paths, np.asarray(shard.vectors(), dtype=np.float32)
 
 
 def read_embeddings(emb_dir: str | os.PathLike) -> tuple[list[str], np.ndarray]:

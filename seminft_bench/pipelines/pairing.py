@@ -15,14 +15,19 @@ regrades of one photo above 0.9. Hence ``[0.5, 0.9]``.
 
 from __future__ import annotations
 
+import io
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
+from seminft_bench.fileio import atomic_write_bytes
 from seminft_bench.imaging import ImageReadError, read_image
 from seminft_bench.pipelines.executors import run_units
 from seminft_bench.pipelines.splits import colour_features
@@ -77,28 +82,50 @@ def describe_images(
     root: Path | None = None,
     authors: Mapping[str, str] | None = None,
     workers: int = 1,
+    cache_dir: Path | None = None,
 ) -> tuple[list[ImageInfo], list[dict]]:
     """Decode each image once into an `ImageInfo` (in ``paths`` order), or an ``unreadable`` rejection.
 
     ``paths`` are kept as given and resolved against ``root`` when relative; ``authors`` maps a
-    path as given to its photographer. ``workers > 1`` decodes in that many processes.
+    path as given to its photographer. ``workers > 1`` decodes in that many processes. Decoding
+    a large pool takes hours, so with ``cache_dir`` what was learnt about each file (its facts,
+    or why it is unreadable) is kept there under the file's absolute path, size and modification
+    time, in parts written as they fill: a later call, even after a killed one, decodes only
+    files it has not seen unchanged.
     """
     authors = authors or {}
-    units = [(index, path, authors.get(path)) for index, path in enumerate(paths)]
-    results = sorted(run_units(_describe_one, units, workers=workers, shared=(root,)), key=lambda r: r[0])
-    infos = [result for _, result in results if isinstance(result, ImageInfo)]
-    rejections = [result for _, result in results if isinstance(result, dict)]
+    files = [_file_identity(Path(root or "") / path) for path in paths]
+    known = read_descriptions(cache_dir) if cache_dir else {}
+    todo = [(index, path) for index, (path, file) in enumerate(zip(paths, files)) if file not in known]
+    results, unsaved = {}, []
+    for index, result in run_units(_describe_one, todo, workers=workers, shared=(root,)):
+        results[index] = result
+        if cache_dir and files[index] is not None:
+            unsaved.append((files[index], result))
+            if len(unsaved) == DESCRIPTION_PART_SIZE:
+                write_descriptions(cache_dir, unsaved)
+                unsaved = []
+    if unsaved:
+        write_descriptions(cache_dir, unsaved)
+    infos, rejections = [], []
+    for index, path in enumerate(paths):
+        result = results[index] if index in results else known[files[index]]
+        if isinstance(result, str):
+            rejections.append({"path": path, "reason": "unreadable", "detail": result})
+        else:
+            infos.append(replace(result, path=path, author=authors.get(path)))
     return infos, rejections
 
 
-def _describe_one(unit: tuple[int, str, str | None], root: Path | None) -> tuple[int, ImageInfo | dict]:
+def _describe_one(unit: tuple[int, str], root: Path | None) -> tuple[int, ImageInfo | str]:
+    """The facts of one image (author left unset), or why it cannot be read."""
     import imagehash
 
-    index, path, author = unit
+    index, path = unit
     try:
         image = read_image(Path(root or "") / path, name=path)
     except ImageReadError as e:
-        return index, {"path": path, "reason": "unreadable", "detail": str(e).removeprefix(f"{path}: ")}
+        return index, str(e).removeprefix(f"{path}: ")
     width, height = image.size
     image.thumbnail((DESCRIBE_SIDE, DESCRIBE_SIDE), Image.Resampling.BOX)
     pixels = np.asarray(image)
@@ -109,7 +136,6 @@ def _describe_one(unit: tuple[int, str, str | None], root: Path | None) -> tuple
         phash=int(str(imagehash.phash(image, hash_size=8)), 16),
         colour=colour_features([pixels])[0],
         greyscale=_mean_chroma(pixels) < GREYSCALE_MAX_CHROMA,
-        author=author,
     )
     return index, info
 
@@ -220,3 +246,70 @@ def _candidate_failure(
 
 def _quality_detail(info: ImageInfo) -> str:
     return f"{info.width}x{info.height}" + (", near-greyscale" if info.greyscale else "")
+
+
+# --------------------------------------------------------------------------- description cache
+
+FileIdentity = tuple[str, int, int]
+"""(absolute path, size in bytes, modification time in ns): a file whose identity is unchanged
+is assumed unchanged, as make and rsync assume."""
+
+DESCRIPTION_PART_SIZE = 10_000
+"""Descriptions per cache part: a killed run loses at most this many (minutes of decoding)."""
+
+_DESCRIPTION_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("phash", pa.uint64()),
+        ("colour", pa.list_(pa.float32())),
+        ("greyscale", pa.bool_()),
+        ("unreadable", pa.string()),  # why the file cannot be read; the other facts are then null
+    ]
+)
+
+
+def _file_identity(path: Path) -> FileIdentity | None:
+    """None when the file cannot even be listed: it is then described (and rejected) every time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
+
+
+def read_descriptions(cache_dir: Path) -> dict[FileIdentity, ImageInfo | str]:
+    """Every description in ``cache_dir``'s parts: the facts (``path`` the absolute file), or the
+    reason the file is unreadable."""
+    known: dict[FileIdentity, ImageInfo | str] = {}
+    for part in Path(cache_dir).glob("part_*.parquet"):
+        for row in pq.read_table(part).to_pylist():
+            identity = (row["file"], row["size"], row["mtime_ns"])
+            if row["unreadable"] is not None:
+                known[identity] = row["unreadable"]
+            else:
+                colour = np.asarray(row["colour"], np.float32)
+                known[identity] = ImageInfo(row["file"], row["width"], row["height"], row["phash"], colour, row["greyscale"])
+    return known
+
+
+def write_descriptions(cache_dir: Path, described: list[tuple[FileIdentity, ImageInfo | str]]) -> Path:
+    """Add ``described`` to the cache as its next part, written atomically."""
+    rows = []
+    for (file, size, mtime_ns), result in described:
+        row = {"file": file, "size": size, "mtime_ns": mtime_ns}
+        if isinstance(result, str):
+            row["unreadable"] = result
+        else:
+            row.update(
+                width=result.width, height=result.height, phash=result.phash,
+                colour=result.colour.tolist(), greyscale=result.greyscale,
+            )
+        rows.append(row)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=_DESCRIPTION_SCHEMA), buffer)
+    number = max((int(part.stem.removeprefix("part_")) for part in Path(cache_dir).glob("part_*.parquet")), default=-1) + 1
+    return atomic_write_bytes(Path(cache_dir) / f"part_{number:05d}.parquet", buffer.getvalue())

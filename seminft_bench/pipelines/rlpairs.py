@@ -1,14 +1,24 @@
 """Unpaired RL pairs (paper §3.5): each graded reference meets a related but different source photo.
 
-Flow: image pools → CLIP embeddings (clip-retrieval layout, incremental, or
-given with ``embeddings``) → a FAISS inner-product index over the sources with
-its recall measured against exact search → for each reference the k nearest
-sources, filtered by `pairing.pair_references` (related, not a duplicate, not
-by the same author, a different grade) → representative test split by
-clustering the reference embeddings → Parquet shards, card, ``rejections.jsonl``.
+Flow: image pools → CLIP embeddings (clip-retrieval layout, incremental, or given with
+``embeddings``) → image descriptions (size, hashes, colour) → a FAISS inner-product index over
+the sources with its recall measured against exact search → for each reference the k nearest
+sources, filtered by `pairing.pair_references` (related, not a duplicate, not by the same
+author, a different grade) → representative test split by clustering the paired references'
+embeddings → Parquet shards, card, ``rejections.jsonl``.
 
-A killed run resumes: the embeddings, the only expensive stage, are committed
-shard by shard and never recomputed; everything after them is deterministic.
+Besides the index, no copy of the pool's vectors is held: they stay in their memory-mapped
+shards (`ShardedVectors`) and are read `CHUNK_ROWS` at a time, in pool order whatever the
+shard layout, so the result does not depend on how the embeddings were sharded. Sources
+stream into the index (twice for a trained index, to sample and to add), references stream
+through the search and leave only their ``[references, k]`` neighbours; the recall sample
+(`RECALL_QUERIES` references) and the paired references' vectors, which the test split
+clusters, are the only vectors read whole.
+
+A killed run resumes: the embeddings and the image descriptions, the two expensive stages,
+are committed part by part (under ``out/.work/``, never in a user's ``embeddings`` folder)
+and reused on the next run, descriptions as long as a file's size and modification time
+are unchanged; everything after them is deterministic.
 """
 
 from __future__ import annotations
@@ -17,25 +27,35 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import datasets
+import faiss
 import numpy as np
 from tqdm import tqdm
 
 from seminft_bench.fileio import atomic_write_text
 from seminft_bench.imaging import encode_png, image_grid, read_image
-from seminft_bench.pipelines.embeddings import ClipSpec, embed_images, embed_images_distributed, load_clip, read_embeddings
+from seminft_bench.pipelines.embeddings import (
+    ClipSpec,
+    embed_images,
+    embed_images_distributed,
+    load_clip,
+    open_embedding_shards,
+)
 from seminft_bench.pipelines.export import counter_table, histogram_chart, write_card, write_split
-from seminft_bench.pipelines.pairing import PairingRules, describe_images, pair_references
+from seminft_bench.pipelines.pairing import ImageInfo, PairingRules, describe_images, pair_references
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 from seminft_bench.pipelines.retrieval import build_index, exact_search, search, tune_recall
 from seminft_bench.pipelines.splits import representative_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 RECALL_QUERIES = 500  # references used to measure the index's recall@k against exact search
+CHUNK_ROWS = 16_384
+"""Most vectors read at once (48 MB of 768-d floats), for the index as for the searches."""
 
 FEATURES = datasets.Features(
     {
@@ -109,19 +129,18 @@ def build_rl(config: RLConfig, workers: int = 1, executor: str = "local", ray_ad
     rejections: list[dict] = []
 
     vectors = _embeddings(config, sources, references, out, workers, executor, ray_address, rejections)
-    source_infos, source_vectors = _describe(sources, vectors, workers, config, rejections)
-    if references is sources:
-        reference_infos, reference_vectors = source_infos, source_vectors
-    else:
-        reference_infos, reference_vectors = _describe(references, vectors, workers, config, rejections)
+    source_infos = _describe(sources, vectors, workers, out, rejections)
+    reference_infos = source_infos if references is sources else _describe(references, vectors, workers, out, rejections)
     if not source_infos or not reference_infos:
         raise ValueError(f"no usable images left in {config.images} (see the reasons: {Counter(r['reason'] for r in rejections)})")
 
-    index = build_index([source_vectors], len(source_vectors), source_vectors.shape[1], seed=config.seed)
-    queries = reference_vectors[: min(RECALL_QUERIES, len(reference_vectors))]
-    k = min(config.neighbours, len(source_vectors))
-    tuning = tune_recall(index, queries, exact_search([source_vectors], queries, k)[1], k=min(10, k))
-    similarities, neighbours = search(index, reference_vectors, k)
+    source_rows, reference_rows = vectors.locate(sources, source_infos), vectors.locate(references, reference_infos)
+    source_chunks = partial(vectors.chunks, source_rows)  # each call is a fresh pass over the sources
+    index = build_index(source_chunks, len(source_rows), vectors.dim, seed=config.seed)
+    queries = vectors.read(reference_rows[:RECALL_QUERIES])
+    k = min(config.neighbours, len(source_rows))
+    tuning = tune_recall(index, queries, exact_search(source_chunks, queries, k)[1], k=min(10, k))
+    similarities, neighbours = _search_chunks(index, vectors, reference_rows, k)
 
     order = _seeded_order([info.path for info in reference_infos], config.seed)
     pairs, unpaired = pair_references(
@@ -132,7 +151,7 @@ def build_rl(config: RLConfig, workers: int = 1, executor: str = "local", ray_ad
     if not pairs:
         raise ValueError("no reference found an acceptable source; loosen --sim-min/--sim-max/--min-color-distance")
 
-    pair_vectors = np.stack([reference_vectors[order[p.reference]] for p in pairs])
+    pair_vectors = vectors.read(reference_rows[order[[p.reference for p in pairs]]])
     test = set(representative_split(pair_vectors, config.eval_count, config.seed).tolist())
     ordered_references = [reference_infos[i] for i in order]
     rows = [_row(p, ordered_references, source_infos, config.seed) for p in pairs]
@@ -183,6 +202,47 @@ def _full_path(pool: Pool, path: str) -> str:
 # --------------------------------------------------------------------------- stages
 
 
+class ShardedVectors:
+    """The embedded images' unit vectors, left in their shards on disk and read by row on demand.
+
+    Only the rows asked for are read, in the order asked for, with one shard's memory map open
+    at a time (a pool embedded on Ray may have thousands of shards, more than open files allow).
+    """
+
+    def __init__(self, emb_dir: Path):
+        self.files: list[Path] = []
+        self.rows: dict[str, int] = {}  # image path → row over all shards; a path in two shards keeps its last
+        starts = [0]
+        for shard in open_embedding_shards(emb_dir):
+            self.rows.update(zip(shard.paths, range(starts[-1], starts[-1] + len(shard.paths))))
+            self.files.append(shard.vectors_file)
+            starts.append(starts[-1] + len(shard.paths))
+        self.starts = np.array(starts)
+        self.dim = np.load(self.files[0], mmap_mode="r").shape[1]
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.rows
+
+    def locate(self, pool: Pool, infos: Sequence[ImageInfo]) -> np.ndarray:
+        """The rows of the described images, in their order."""
+        return np.array([self.rows[_full_path(pool, info.path)] for info in infos], dtype=np.int64)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), dim]``: the vectors of ``rows``, in that order."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            picked = shard_of == shard
+            out[picked] = np.load(self.files[shard], mmap_mode="r")[rows[picked] - self.starts[shard]]
+        return out
+
+    def chunks(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+        """`read` in chunks of at most `CHUNK_ROWS`, all about the same size: faiss computes small
+        batches without BLAS, which rounds differently, so no chunk is left tiny."""
+        for part in np.array_split(rows, max(1, -(-len(rows) // CHUNK_ROWS))):
+            yield self.read(part)
+
+
 def _embeddings(
     config: RLConfig,
     sources: Pool,
@@ -192,34 +252,40 @@ def _embeddings(
     executor: str,
     ray_address: str | None,
     rejections: list[dict],
-) -> dict[str, np.ndarray]:
-    """{full path: unit vector}; computed incrementally under ``out/.work/embeddings`` unless given."""
+) -> ShardedVectors:
+    """The pools' vectors; computed incrementally under ``out/.work/embeddings`` unless given."""
     if config.embeddings:
-        emb_dir = Path(config.embeddings)
+        return ShardedVectors(Path(config.embeddings))
+    emb_dir = out / ".work" / "embeddings"
+    wanted = sorted({_full_path(p, path) for p in (sources, references) for path in p.paths})
+    if executor == "ray":
+        load_clip(config.clip_model, config.clip_pretrained)  # missing weights fail here, not in a task
+        spec = ClipSpec(config.clip_model, config.clip_pretrained)
+        summary = embed_images_distributed(wanted, emb_dir, spec, workers=workers, ray_address=ray_address)
     else:
-        emb_dir = out / ".work" / "embeddings"
-        wanted = sorted({_full_path(p, path) for p in (sources, references) for path in p.paths})
-        if executor == "ray":
-            load_clip(config.clip_model, config.clip_pretrained)  # missing weights fail here, not in a task
-            spec = ClipSpec(config.clip_model, config.clip_pretrained)
-            summary = embed_images_distributed(wanted, emb_dir, spec, workers=workers, ray_address=ray_address)
-        else:
-            model, preprocess = load_clip(config.clip_model, config.clip_pretrained)
-            summary = embed_images(wanted, emb_dir, model, preprocess, num_workers=max(workers, 1))
-        rejections += summary.rejections
-    paths, vectors = read_embeddings(emb_dir)
-    return dict(zip(paths, vectors))
+        model, preprocess = load_clip(config.clip_model, config.clip_pretrained)
+        summary = embed_images(wanted, emb_dir, model, preprocess, num_workers=max(workers, 1))
+    rejections += summary.rejections
+    return ShardedVectors(emb_dir)
 
 
-def _describe(
-    pool: Pool, vectors: dict[str, np.ndarray], workers: int, config: RLConfig, rejections: list[dict]
-) -> tuple[list, np.ndarray]:
-    """Image facts (size, hash, colour) of the pool's embedded images, and their vectors in the same order."""
+def _describe(pool: Pool, vectors: ShardedVectors, workers: int, out: Path, rejections: list[dict]) -> list[ImageInfo]:
+    """Image facts (size, hash, colour) of the pool's embedded images, cached under ``out/.work/descriptions``."""
     embedded = [path for path in pool.paths if _full_path(pool, path) in vectors]
-    infos, unreadable = describe_images(embedded, root=pool.root, authors=pool.authors, workers=workers)
+    cache = out / ".work" / "descriptions"
+    infos, unreadable = describe_images(embedded, root=pool.root, authors=pool.authors, workers=workers, cache_dir=cache)
     rejections += unreadable
-    stacked = np.stack([vectors[_full_path(pool, info.path)] for info in infos]) if infos else np.zeros((0, 1), np.float32)
-    return infos, np.ascontiguousarray(stacked, dtype=np.float32)
+    return infos
+
+
+def _search_chunks(index: faiss.Index, vectors: ShardedVectors, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`search` for each of ``rows``, chunk by chunk: cosine similarities and neighbour ids, ``[len(rows), k]``."""
+    similarities, neighbours = np.empty((len(rows), k), np.float32), np.empty((len(rows), k), np.int64)
+    start = 0
+    for queries in vectors.chunks(rows):
+        similarities[start : start + len(queries)], neighbours[start : start + len(queries)] = search(index, queries, k)
+        start += len(queries)
+    return similarities, neighbours
 
 
 def _seeded_order(paths: list[str], seed: int) -> np.ndarray:
