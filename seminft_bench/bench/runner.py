@@ -212,7 +212,7 @@ class _Run:
                 raise ValueError(f"returned a {image.mode} image of {image.size}, expected RGB of {expected}")
             write_png(image, output, compress_level=1)
         except Exception as error:  # one failed sample must not stop the run: it is recorded and retried next time
-            self.results.update(sample.name, method.name, lambda r: r["errors"].__setitem__("generate", _message(error)))
+            self._record_error(sample, method.name, "generate", error)
         else:
             self.results.update(sample.name, method.name, lambda r: r["errors"].pop("generate", None))
             self._scored_later(sample, method.name, output)
@@ -289,7 +289,7 @@ class _Run:
             self._skip(f"metric {name}", str(error))
             return
         except (ImageReadError, ValueError, RuntimeError) as error:
-            self.results.update(sample.name, method, lambda r: r["errors"].__setitem__(f"metric:{name}", _message(error)))
+            self._record_error(sample, method, f"metric:{name}", error)
             return
 
         def change(r: dict) -> None:
@@ -300,6 +300,10 @@ class _Run:
         self.results.update(sample.name, method, change)
 
     # ------------------------------------------------------------------ book-keeping
+
+    def _record_error(self, sample: Sample, method: str, cell: str, error: BaseException) -> None:
+        message = _message(error)
+        self.results.update(sample.name, method, lambda r: r["errors"].__setitem__(cell, message))
 
     def _add_pending(self, stage: str) -> None:
         with self.done:
