@@ -126,7 +126,7 @@ def test_tally_counts_ratios_and_last_file_per_participant(run_dir, tmp_path):
     make_study(run_dir, METHODS, study)
     key = _key(study)
     answers = study / "answers"
-    answers.mkdir()
+    assert answers.is_dir()  # made with the study, for the downloaded files
     files = [
         _answer_file(answers / "p1.json", key["study"], "p1", _answers(key, METHODS[0], lambda i: METHODS[i % 2])),
         _answer_file(answers / "p2.json", key["study"], "p2", _answers(key, METHODS[1], lambda i: METHODS[2]),
@@ -236,3 +236,20 @@ def test_page_in_headless_chromium(run_dir, tmp_path):
     assert result.participants == ("alice",)
     assert [result.selection("q1", m).ratio for m in METHODS] == [1, 0, 0]
     assert [result.selection("q2", m).count for m in METHODS] == [0, 4, 3]
+
+
+def test_cli_makes_the_study_and_tallies_answers_found_below_it(run_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import bench
+
+    study = tmp_path / "study"
+    made = CliRunner().invoke(bench.app, ["study", "make", str(run_dir), "--methods", ",".join(METHODS), "--out", str(study)])
+    assert made.exit_code == 0, made.output
+    key = _key(study)
+    answers = _answer_file(study / "answers" / "p1.json", key["study"], "p1", _answers(key, METHODS[0], lambda i: METHODS[1]))
+    tallied = CliRunner().invoke(bench.app, ["study", "tally", str(answers)])
+    assert tallied.exit_code == 0, tallied.output
+    assert METHODS[0] in tallied.output and "1.000" in tallied.output
+    stray = _answer_file(tmp_path / "elsewhere.json", key["study"], "p2", [])
+    assert CliRunner().invoke(bench.app, ["study", "tally", str(stray)]).exit_code == 2

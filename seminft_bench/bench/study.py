@@ -105,6 +105,7 @@ def make_study(
     key = {"study": study_id, "seed": seed, "methods": methods, "run_dir": str(run_dir.resolve()),
            "items": items, "left_out": left_out}
     atomic_write_text(out_dir / "key.json", json.dumps(key, indent=2) + "\n")
+    (out_dir / "answers").mkdir(exist_ok=True)  # where `study tally` looks for the downloaded files
     return atomic_write_text(out_dir / "page" / "index.html", _render_page(study_id, items, sizes))
 
 
