@@ -17,11 +17,10 @@ from seminft_bench.pipelines.editing import (
     EDIT_INSTRUCTIONS,
     REMOVE_INSTRUCTIONS,
     Editor,
-    MissingWeightsError,
-    QwenImageEditor,
     choose_instruction,
     make_editor,
 )
+from seminft_bench.qwen_edit import MissingWeightsError, QwenImageEditor
 
 
 
@@ -76,7 +75,7 @@ def test_missing_hub_weights_name_model_cache_and_remedy(tmp_path):
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
     script = textwrap.dedent("""
         from PIL import Image
-        from seminft_bench.pipelines.editing import MissingWeightsError, QwenImageEditor
+        from seminft_bench.qwen_edit import MissingWeightsError, QwenImageEditor
         try:
             QwenImageEditor().edit(Image.new("RGB", (32, 32)), "remove the car", seed=0)
         except MissingWeightsError as error:

@@ -26,7 +26,7 @@ from PIL import Image
 
 from seminft_bench.bench.methods.base import Method, MethodContext, MethodUnavailable
 from seminft_bench.bench.samples import BenchSet
-from seminft_bench.pipelines.editing import QWEN_IMAGE_EDIT, QwenImageEditor
+from seminft_bench.qwen_edit import QWEN_IMAGE_EDIT, QwenImageEditor
 from seminft_bench.vlm.cache import ResponseCache, cache_key
 from seminft_bench.vlm.clients import (
     DEFAULT_MAX_SIDE,
