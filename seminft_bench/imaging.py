@@ -33,6 +33,8 @@ DEFAULT_MAX_PIXELS = 128_000_000
 """Largest image read by default: above 108-megapixel phone photos, far below decompression bombs."""
 
 WHITE = (255, 255, 255)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+"""File suffixes taken as images wherever a folder is listed (pools, predictions, judge folders)."""
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 

@@ -42,9 +42,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from seminft_bench.bench.methods.predictions import IMAGE_SUFFIXES
 from seminft_bench.bench.samples import ROLES, BenchSet, Sample, Skipped
-from seminft_bench.imaging import ImageReadError, ImageSource, encode_png, read_image
+from seminft_bench.imaging import IMAGE_SUFFIXES, ImageReadError, ImageSource, encode_png, read_image
 from seminft_bench.presets import Lut1D, Lut3D, Preset, apply_lut, builtin_presets, preset_from_record
 
 VARIANTS = {"bw": "sources turned greyscale (colourisation, paper §4.3); targets stay in colour"}

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seminft_bench.fileio import atomic_write_text
-from seminft_bench.imaging import encode_png, image_grid, read_image
+from seminft_bench.imaging import IMAGE_SUFFIXES, encode_png, image_grid, read_image
 from seminft_bench.pipelines.embeddings import (
     ClipSpec,
     embed_images,
@@ -52,7 +52,6 @@ from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 from seminft_bench.pipelines.retrieval import build_index, exact_search, search, tune_recall
 from seminft_bench.pipelines.splits import representative_split
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 RECALL_QUERIES = 500  # references used to measure the index's recall@k against exact search
 CHUNK_ROWS = 16_384
 """Most vectors read at once (48 MB of 768-d floats), for the index as for the searches."""

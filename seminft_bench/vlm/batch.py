@@ -19,10 +19,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from seminft_bench.fileio import atomic_write_text
+from seminft_bench.imaging import IMAGE_SUFFIXES
 from seminft_bench.vlm.costs import CostLedger
 from seminft_bench.vlm.judge import Judge, Pair
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass

@@ -9,9 +9,8 @@ from PIL import Image
 
 from seminft_bench.bench.methods.base import Method, MethodUnavailable
 from seminft_bench.bench.samples import BenchSet, Sample
-from seminft_bench.imaging import read_image
+from seminft_bench.imaging import IMAGE_SUFFIXES, read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 class Predictions(Method):
