@@ -56,7 +56,9 @@ photo to the same embedding, so a regrade of the source should stay far above 0.
 different scene (the reference handed back, newly generated content) should fall below it.
 Always report the threshold used with the ratio."""
 
-METRIC_NAMES = ("psnr", "ssim", "lpips", "dists", "dino")
+COMPARED_WITH = {"psnr": "target", "ssim": "target", "lpips": "target", "dists": "target", "dino": "source"}
+"""The image each metric compares a method's output with: the true answer, or (content kept?) the source."""
+METRIC_NAMES = tuple(COMPARED_WITH)
 
 
 def psnr(
@@ -169,7 +171,8 @@ class MetricSuite:
     ) -> dict[str, np.ndarray]:
         results = {}
         for name in self.names:
-            other_name, other = ("source", source) if name == "dino" else ("target", target)
+            other_name = COMPARED_WITH[name]
+            other = source if other_name == "source" else target
             if other is None:
                 raise ValueError(f"metric {name!r} needs {other_name} images")
             results[name] = np.atleast_1d(self._metric(name)(pred, other))

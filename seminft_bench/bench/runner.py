@@ -32,10 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from seminft_bench.bench.methods import Method, MethodContext, MethodUnavailable, get_method
-from seminft_bench.bench.metrics import DINO_THRESHOLD, METRIC_NAMES, MetricSuite
+from seminft_bench.bench.metrics import COMPARED_WITH, DINO_THRESHOLD, METRIC_NAMES, MetricSuite
 from seminft_bench.bench.results import ResultsFile
 from seminft_bench.bench.samples import ROLES, BenchSet, Sample
 from seminft_bench.errors import MissingWeightsError
@@ -44,7 +45,6 @@ from seminft_bench.imaging import ImageReadError, read_image, write_png
 
 DEFAULT_JUDGES = ("gpt-4o", "gemini-2.5-flash", "qwen3-vl-32b")
 DEFAULT_REWARD = "qwen3-vl-8b"
-TARGET_METRICS = ("psnr", "ssim", "lpips", "dists")
 STAGES = ("generate", "metrics", "judge")
 
 
@@ -182,7 +182,7 @@ class _Run:
         for name in self.options.metrics:
             if name not in METRIC_NAMES:
                 raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
-            if name in TARGET_METRICS and not self.bench_set.has_targets:
+            if COMPARED_WITH[name] == "target" and not self.bench_set.has_targets:
                 self._skip(f"metric {name}", f"the set {self.bench_set.name!r} has no targets")
             else:
                 metrics.append(name)
@@ -207,7 +207,8 @@ class _Run:
         started = time.perf_counter()
         try:
             image = method.run(sample)
-            expected = sample.image("source").size
+            with Image.open(self.out / "inputs" / "source" / f"{sample.name}.png") as source:
+                expected = source.size  # header only: the copy has its orientation baked in
             if image.mode != "RGB" or image.size != expected:
                 raise ValueError(f"returned a {image.mode} image of {image.size}, expected RGB of {expected}")
             write_png(image, output, compress_level=1)
@@ -271,33 +272,38 @@ class _Run:
             sample, method = item
             started = time.perf_counter()
             record = self.results.record(sample.name, method)
-            for name in [n for n in self.metrics if record["metrics"].get(n) is None]:
-                if f"metric {name}" in self.not_computed:
-                    continue
+            missing = [n for n in self.metrics if record["metrics"].get(n) is None and f"metric {n}" not in self.not_computed]
+            if missing:
+                self._compute_metrics(suites, missing, sample, method)
+            self._finish("metrics", started)
+
+    def _compute_metrics(self, suites: dict[str, MetricSuite], names: list[str], sample: Sample, method: str) -> None:
+        """Each metric in ``names`` for one output; every image is decoded once for all of them."""
+        images: dict[str, object] = {}
+        for name in names:
+            role = COMPARED_WITH[name]
+            try:
+                if "pred" not in images:
+                    images["pred"] = read_image(self.out / "outputs" / method / f"{sample.name}.png")
+                if role not in images:
+                    images[role] = sample.image(role)
                 suite = suites.setdefault(
                     name, MetricSuite([name], dino_threshold=self.options.dino_threshold, device=self.options.device)
                 )
-                self._compute_metric(suite, name, sample, method)
-            self._finish("metrics", started)
+                values = suite(images["pred"], **{role: images[role]})
+            except MissingWeightsError as error:
+                self._skip(f"metric {name}", str(error))
+                continue
+            except (ImageReadError, ValueError, RuntimeError) as error:
+                self._record_error(sample, method, f"metric:{name}", error)
+                continue
 
-    def _compute_metric(self, suite: MetricSuite, name: str, sample: Sample, method: str) -> None:
-        try:
-            pred = read_image(self.out / "outputs" / method / f"{sample.name}.png")
-            other = sample.image("source" if name == "dino" else "target")
-            values = suite(pred, target=other, source=other)
-        except MissingWeightsError as error:
-            self._skip(f"metric {name}", str(error))
-            return
-        except (ImageReadError, ValueError, RuntimeError) as error:
-            self._record_error(sample, method, f"metric:{name}", error)
-            return
+            def change(r: dict, values=values, name=name) -> None:
+                for key, value in values.items():
+                    r["metrics"][key] = _plain(value[0])
+                r["errors"].pop(f"metric:{name}", None)
 
-        def change(r: dict) -> None:
-            for key, value in values.items():
-                r["metrics"][key] = _plain(value[0])
-            r["errors"].pop(f"metric:{name}", None)
-
-        self.results.update(sample.name, method, change)
+            self.results.update(sample.name, method, change)
 
     # ------------------------------------------------------------------ book-keeping
 
