@@ -154,29 +154,32 @@ class _Services:
 class _APIEditor(Method):
     """What GPT-Image and Nano Banana share: a key from the environment, the cache, and an output of the source's size.
 
-    Subclasses name their ``provider`` and ``key_env``, choose the request's ``params`` (part of
-    the cache key) and ``generate`` the image bytes through ``self.services.transport``.
+    Subclasses name their ``provider`` and ``key_env``, ``connect`` their SDK client, choose the
+    request's ``params`` (part of the cache key) and ``generate`` the image bytes through
+    ``self.services.transport``.
     """
 
     provider: str
     key_env: tuple[str, ...]
-    _client: object  # the provider's SDK client, made by the subclass
 
     def __init__(
         self,
         model: str,
         *,
-        max_side: int,
-        cache: ResponseCache | None,
-        ledger: CostLedger | None,
-        transport: Transport | None,
-        concurrency: int,
+        base_url: str | None = None,
+        timeout: float = IMAGE_TIMEOUT_S,
+        max_side: int = DEFAULT_MAX_SIDE,
+        cache: ResponseCache | None = None,
+        ledger: CostLedger | None = None,
+        transport: Transport | None = None,
+        concurrency: int = 8,
     ):
         self.model = model
         self.secrets = (_api_key(self.name, self.key_env),)
         self.max_side = max_side
         self.concurrency = concurrency
         self.services = _Services.build(cache, ledger, transport, concurrency)
+        self._client = self.connect(base_url, timeout)
 
     @classmethod
     def from_context(cls, context: MethodContext) -> _APIEditor:
@@ -196,6 +199,10 @@ class _APIEditor(Method):
 
     def close(self) -> None:
         self._client.close()
+
+    @abstractmethod
+    def connect(self, base_url: str | None, timeout: float) -> object:
+        """The provider's SDK client, with the key in ``self.secrets``."""
 
     @abstractmethod
     def params(self, size: tuple[int, int]) -> dict[str, object]:
@@ -228,26 +235,14 @@ class GPTImage(_APIEditor):
     provider = "openai"
     key_env = ("OPENAI_API_KEY",)
 
-    def __init__(
-        self,
-        *,
-        model: str = "gpt-image-1.5",
-        chat_model: str = "gpt-4.1",
-        quality: str = "auto",
-        base_url: str | None = None,
-        timeout: float = IMAGE_TIMEOUT_S,
-        max_side: int = DEFAULT_MAX_SIDE,
-        cache: ResponseCache | None = None,
-        ledger: CostLedger | None = None,
-        transport: Transport | None = None,
-        concurrency: int = 8,
-    ):
-        super().__init__(
-            model, max_side=max_side, cache=cache, ledger=ledger, transport=transport, concurrency=concurrency
-        )
+    def __init__(self, *, model: str = "gpt-image-1.5", chat_model: str = "gpt-4.1", quality: str = "auto", **options):
+        """``options``: the keyword arguments of `_APIEditor` (base_url, timeout, cache, ledger, …)."""
+        super().__init__(model, **options)
         self.chat_model = chat_model
         self.quality = quality
-        self._client = openai_sdk(self.secrets[0], base_url, timeout)
+
+    def connect(self, base_url: str | None, timeout: float) -> object:
+        return openai_sdk(self.secrets[0], base_url, timeout)
 
     def params(self, size: tuple[int, int]) -> dict[str, object]:
         tool = {
@@ -304,22 +299,12 @@ class NanoBanana(_APIEditor):
     provider = "gemini"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 
-    def __init__(
-        self,
-        *,
-        model: str = "gemini-2.5-flash-image",
-        base_url: str | None = None,
-        timeout: float = IMAGE_TIMEOUT_S,
-        max_side: int = DEFAULT_MAX_SIDE,
-        cache: ResponseCache | None = None,
-        ledger: CostLedger | None = None,
-        transport: Transport | None = None,
-        concurrency: int = 8,
-    ):
-        super().__init__(
-            model, max_side=max_side, cache=cache, ledger=ledger, transport=transport, concurrency=concurrency
-        )
-        self._client = gemini_sdk(self.secrets[0], base_url, timeout)
+    def __init__(self, *, model: str = "gemini-2.5-flash-image", **options):
+        """``options``: the keyword arguments of `_APIEditor` (base_url, timeout, cache, ledger, …)."""
+        super().__init__(model, **options)
+
+    def connect(self, base_url: str | None, timeout: float) -> object:
+        return gemini_sdk(self.secrets[0], base_url, timeout)
 
     def params(self, size: tuple[int, int]) -> dict[str, object]:
         return {"response_modalities": ["TEXT", "IMAGE"], "aspect_ratio": _nearest_shape(size, GEMINI_ASPECT_RATIOS)}
