@@ -87,6 +87,19 @@ def read_image(
     return Image.fromarray(np.ascontiguousarray(rgb)) if dtype is None else np.array(rgb, order="C")
 
 
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field")
+"""Real colour photos that ship with scikit-image: the demo's and the tests' offline data."""
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """The bundled photo ``name`` (one of `SAMPLE_PHOTOS`) as H×W×3 uint8; "motorcycle" is the stereo pair's left view."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; known: {', '.join(SAMPLE_PHOTOS)}")
+    from skimage import data
+
+    return data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+
+
 def to_array(image: Image.Image | np.ndarray, dtype: npt.DTypeLike = np.uint8) -> np.ndarray:
     """An in-memory image as H×W×3 ``dtype`` (uint8, or float32 in [0, 1]); no size limit."""
     return read_image(image, dtype=dtype, max_pixels=None)

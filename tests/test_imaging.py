@@ -393,3 +393,13 @@ def test_encode_png_is_lossless_at_every_level_and_size(shape, level):
     decoded = Image.open(io.BytesIO(data))
     assert decoded.format == "PNG" and decoded.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def test_sample_photos_are_real_colour_photos_and_unknown_names_are_refused():
+    from seminft_bench.imaging import SAMPLE_PHOTOS, sample_photo
+
+    for name in SAMPLE_PHOTOS:
+        photo = sample_photo(name)
+        assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3 and min(photo.shape[:2]) >= 256
+    with pytest.raises(ValueError, match="unknown sample photo"):
+        sample_photo("lena")

@@ -43,7 +43,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from seminft_bench.bench.samples import ROLES, BenchSet, Sample, Skipped
-from seminft_bench.imaging import IMAGE_SUFFIXES, ImageReadError, ImageSource, encode_png, read_image
+from seminft_bench.imaging import (
+    IMAGE_SUFFIXES,
+    SAMPLE_PHOTOS,
+    ImageReadError,
+    ImageSource,
+    encode_png,
+    read_image,
+    sample_photo,
+)
 from seminft_bench.presets import Lut1D, Lut3D, Preset, apply_lut, builtin_presets, preset_from_record
 
 VARIANTS = {"bw": "sources turned greyscale (colourisation, paper §4.3); targets stay in colour"}
@@ -51,9 +59,6 @@ PST50_LAYOUTS = {
     "pst50-paired": {"source": "content_709", "reference": "paired_style", "target": "paired_gt"},
     "pst50-unpaired": {"source": "content_709", "reference": "unpaired_style"},
 }
-DEMO_PHOTOS = (
-    "astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field"
-)
 DEMO_SIZE = 256
 MAX_LISTED = 20
 """Bad samples named in a load error; the rest are counted."""
@@ -266,10 +271,10 @@ def _natural_key(text: str) -> list:
 @lru_cache(maxsize=1)
 def _demo_images() -> tuple[tuple[str, bytes, bytes, bytes, Preset], ...]:
     """(name, source, reference, target, preset) per demo photo, PNG-encoded; presets spread over the library."""
-    photos = [_fit(_skimage_photo(name), DEMO_SIZE) for name in DEMO_PHOTOS]
+    photos = [_fit(sample_photo(name), DEMO_SIZE) for name in SAMPLE_PHOTOS]
     presets = builtin_presets()
     made = []
-    for i, (name, photo) in enumerate(zip(DEMO_PHOTOS, photos)):
+    for i, (name, photo) in enumerate(zip(SAMPLE_PHOTOS, photos)):
         preset = presets[i * len(presets) // len(photos)]
         lut = preset.to_lut()
         reference = apply_lut(photos[(i + 1) % len(photos)], lut)
@@ -280,12 +285,6 @@ def _demo_images() -> tuple[tuple[str, bytes, bytes, bytes, Preset], ...]:
 
 def _demo_drafts() -> list[_Draft]:
     return [_Draft(*images) for images in _demo_images()]
-
-
-def _skimage_photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    return data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
 
 
 def _fit(photo: np.ndarray, size: int) -> np.ndarray:

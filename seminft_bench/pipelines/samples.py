@@ -6,18 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seminft_bench.imaging import write_png
+from seminft_bench.imaging import SAMPLE_PHOTOS, sample_photo, write_png
 from seminft_bench.presets import apply_lut, builtin_presets
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "retina", "immunohistochemistry")
-
-
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    if name == "motorcycle_left":
-        return data.stereo_motorcycle()[0]
-    return getattr(data, name)()
 
 
 def write_sample_photos(out_dir: str | Path, crops_per_photo: int = 3, seed: int = 0) -> list[Path]:
@@ -28,8 +18,8 @@ def write_sample_photos(out_dir: str | Path, crops_per_photo: int = 3, seed: int
     rng = np.random.default_rng(seed)
     presets = builtin_presets()
     written = []
-    for name in PHOTOS:
-        photo = _photo(name)
+    for name in SAMPLE_PHOTOS:
+        photo = sample_photo(name)
         height, width = photo.shape[:2]
         for i in range(crops_per_photo):
             h, w = rng.integers(height // 2, height + 1), rng.integers(width // 2, width + 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from seminft_bench.imaging import image_grid, read_image, to_array, write_png
+from seminft_bench.imaging import image_grid, read_image, sample_photo, to_array, write_png
 from seminft_bench.presets.apply import apply_lut
 from seminft_bench.presets.grading import Preset
 from seminft_bench.presets.io import write_cube
@@ -18,9 +18,7 @@ SHEET_NAME = "contact_sheet.png"
 def preview_photo(src: str | Path | None = None, max_side: int = 320) -> np.ndarray:
     """``src`` (default: skimage's astronaut, a real photo that ships offline) downsized for previews."""
     if src is None:
-        from skimage import data
-
-        image = read_image(data.astronaut(), name="skimage.data.astronaut")
+        image = read_image(sample_photo("astronaut"), name="skimage.data.astronaut")
     else:
         image = read_image(src)
     image.thumbnail((max_side, max_side))
