@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from seminft_bench.bench.study import StudyError, format_tally, make_study, tally, wilson_interval
+from seminft_bench.bench.stats import wilson_interval
+from seminft_bench.bench.study import StudyError, format_tally, make_study, tally
 
 METHODS = ("semiNFT", "neuralpreset", "capvstnet")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

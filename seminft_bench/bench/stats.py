@@ -1,4 +1,4 @@
-"""Uncertainty and agreement for the tables: percentile-bootstrap intervals and Spearman's ρ."""
+"""Uncertainty and agreement for the tables: bootstrap and Wilson intervals, Spearman's ρ."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     rho = spearmanr(a, b).statistic
     return None if np.isnan(rho) else float(rho)
+
+
+def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``count / total``: defined at 0 of n and n of n too."""
+    from scipy.stats import binomtest
+
+    if total <= 0:
+        raise ValueError(f"total must be positive, got {total}")
+    interval = binomtest(count, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(interval.low), float(interval.high)

@@ -20,23 +20,21 @@ import hashlib
 import html
 import io
 import json
-import math
 import os
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 from PIL import Image
 
+from seminft_bench.bench.stats import wilson_interval
 from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
 from seminft_bench.imaging import read_image
 
 OPTION_LABELS = string.ascii_uppercase
-Z95 = NormalDist().inv_cdf(0.975)
 JPEG_QUALITY = 95
 """High enough, with full-resolution chroma, that the colours being judged are the method's, not the encoder's."""
 
@@ -188,16 +186,6 @@ def tally(study_dir: str | os.PathLike, answer_files: Sequence[str | os.PathLike
                        for method, count in counts.items()]
     replaced = tuple(path for path in files if path not in kept)
     return StudyTally(key["study"], len(options), tuple(sorted(latest)), tuple(selections), replaced)
-
-
-def wilson_interval(count: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for the proportion ``count / total`` (``z`` = 1.96: 95%)."""
-    if total <= 0:
-        raise ValueError(f"total must be positive, got {total}")
-    p = count / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def format_tally(result: StudyTally) -> str:
