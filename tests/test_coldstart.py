@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seminft_bench.fileio import FolderLock, FolderLocked
 from seminft_bench.imaging import read_image
 from seminft_bench.pipelines.coldstart import TASK_PROMPT, ColdStartConfig, build_coldstart
 from seminft_bench.pipelines.videos import sample_videos_dir
@@ -124,6 +125,51 @@ def test_bad_arguments_fail_at_once(videos, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(ValueError, match="cannot write"):
         build(videos, tmp_path / "file" / "out")
+
+
+def test_a_second_build_into_a_locked_folder_fails_and_deletes_nothing(videos, tmp_path, load_hf):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import data
+
+    out = tmp_path / "ds"
+    in_progress = out / ".work" / "units" / ".running.parquet.abc.tmp"  # what the first build is writing
+    in_progress.parent.mkdir(parents=True)
+    in_progress.write_bytes(b"half a unit")
+    arguments = ["build-coldstart", "--videos", str(videos), "--out", str(out), "--num-samples", "2", "--eval-count", "1"]
+    with FolderLock(out, job="cold-start build"):  # a second open file description: flock conflicts in-process too
+        with pytest.raises(FolderLocked, match=f"another cold-start build \\(pid {os.getpid()}\\)"):
+            build(videos, out)
+        result = CliRunner().invoke(data.app, arguments)
+        assert result.exit_code == 2 and "being written by another cold-start build" in result.output, result.output
+        assert "Traceback" not in result.output
+        assert in_progress.exists() and not (out / "data").exists()
+    summary = build(videos, out, num_samples=2, eval_count=1)  # released: the build proceeds and clears leftovers
+    assert summary.counts == {"train": 1, "test": 1} and not in_progress.exists()
+    assert (out / ".lock").exists() and {split: len(rows) for split, rows in load_hf(out).items()} == summary.counts
+
+
+def test_an_eval_count_that_leaves_no_training_rows_fails_before_any_work(videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import data
+
+    for eval_count in (5, 50):
+        with pytest.raises(ValueError, match=f"--eval-count {eval_count} would put all 5 samples"):
+            build(videos, tmp_path / "ds", num_samples=5, eval_count=eval_count)
+    arguments = ["build-coldstart", "--videos", str(videos), "--out", str(tmp_path / "ds"), "--num-samples", "5"]
+    result = CliRunner().invoke(data.app, arguments)
+    assert result.exit_code == 2 and "--eval-count 50" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_eval_count_is_capped_loudly_when_rejections_leave_too_few_samples(videos, tmp_path, caplog):
+    # Six files × 2 pairs allow 12 samples, but the empty and truncated files and scene cuts leave fewer.
+    summary = build(videos, tmp_path / "ds", num_samples=12, eval_count=11)
+    made = summary.counts["train"] + summary.counts["test"]
+    assert made < 12 and summary.counts == {"train": 1, "test": made - 1}
+    assert f"the test split gets {made - 1}, not --eval-count 11" in caplog.text
+    assert f"The test split has {made - 1} rows, not the 11 asked for" in (tmp_path / "ds" / "README.md").read_text()
 
 
 def test_presets_from_a_lut_folder_are_recorded_by_file(videos, tmp_path, load_hf):

@@ -78,10 +78,11 @@ def build_coldstart(
         video_root=None if video_root is None else str(video_root), license=license,
     )
     from seminft_bench.errors import MissingWeightsError
+    from seminft_bench.fileio import FolderLocked
 
     try:
         summary = build(config, workers=workers, executor=executor, ray_address=ray_address)
-    except (ValueError, MissingWeightsError) as error:
+    except (ValueError, MissingWeightsError, FolderLocked) as error:
         fail(error)
     _report(out, summary.counts, summary.rejections, f"{summary.edited} edited references")
 

@@ -11,6 +11,12 @@ uninterrupted build.
 Stages: units (decode, check, grade) → choose samples → edit references
 (optional, cached per sample under ``DIR/.work/edits/``) → representative test
 split → Parquet shards, dataset card, ``rejections.jsonl``.
+
+One build writes a folder at a time: it holds ``DIR/.lock`` (`FolderLock`) from
+before it clears a killed run's ``.tmp`` leftovers until it returns, so a second
+build into the same folder fails at once instead of deleting the first one's
+half-written files. The lock file is hidden and outside ``data/``, so
+``datasets.load_dataset(DIR)`` and the Hub push never see it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
+from seminft_bench.fileio import FolderLock, atomic_write_bytes, atomic_write_text
 from seminft_bench.imaging import encode_png, image_grid, read_image
 from seminft_bench.pipelines.editing import choose_instruction, make_editor
 from seminft_bench.pipelines.executors import run_units
@@ -108,40 +114,45 @@ class BuildSummary:
 def build_coldstart(
     config: ColdStartConfig, workers: int = 1, executor: str = "local", ray_address: str | None = None
 ) -> BuildSummary:
-    """Build (or resume) the cold-start dataset described by ``config`` in ``config.out``."""
+    """Build (or resume) the cold-start dataset described by ``config`` in ``config.out``.
+
+    Raises `FolderLocked` if another build is writing ``config.out``, before touching it.
+    """
     out = Path(config.out)
     entries, discovery_rejections = discover_videos(Path(config.videos), config.video_root and Path(config.video_root))
     _check_arguments(config, entries)
-    work = _open_work_dir(out, config)
-
-    order = _unit_order(entries, config.seed)
-    settings = UnitSettings(
-        config.presets, config.pairs_per_video, config.min_gap, config.resolution, config.seed, config.lut_size
-    )
     preset_source(config.presets, config.lut_size)  # a bad preset spec fails here, before any work
-    seconds: dict[str, float] = {}
-    with _timed(seconds, "units"):
-        _run_units(order, settings, work, config.num_samples, workers, executor, ray_address)
-        chosen = _choose_samples(order, work, config.num_samples)
-    if len(chosen) < config.num_samples:
-        log.warning("only %d of the %d requested samples could be made; see rejections.jsonl", len(chosen), config.num_samples)
-    with _timed(seconds, "edits"):
-        edits = _edit_references(chosen, work, config)
-    with _timed(seconds, "split"):
-        test = set(_test_split(chosen, work, config).tolist())
-    splits = {
-        "train": [s for i, s in enumerate(chosen) if i not in test],
-        "test": [s for i, s in enumerate(chosen) if i in test],
-    }
-    with _timed(seconds, "write"):
-        for split, samples in splits.items():
-            write_split(out, split, _dataset_rows(samples, work, edits, config), FEATURES)
-        rejections = discovery_rejections + [r for entry in order for r in _unit_rejections(work, entry)]
-        atomic_write_text(out / "rejections.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in rejections))
-        summary = BuildSummary(
-            out, {k: len(v) for k, v in splits.items()}, Counter(r.reason for r in rejections), len(edits), seconds
+    with _output_lock(out):
+        work = _open_work_dir(out, config)
+        order = _unit_order(entries, config.seed)
+        settings = UnitSettings(
+            config.presets, config.pairs_per_video, config.min_gap, config.resolution, config.seed, config.lut_size
         )
-        _write_card(out, config, splits, work, edits, summary)
+        seconds: dict[str, float] = {}
+        with _timed(seconds, "units"):
+            _run_units(order, settings, work, config.num_samples, workers, executor, ray_address)
+            chosen = _choose_samples(order, work, config.num_samples)
+        if len(chosen) < config.num_samples:
+            log.warning(
+                "only %d of the %d requested samples could be made; see rejections.jsonl", len(chosen), config.num_samples
+            )
+        with _timed(seconds, "edits"):
+            edits = _edit_references(chosen, work, config)
+        with _timed(seconds, "split"):
+            test = set(_test_split(chosen, work, _test_count(config.eval_count, len(chosen)), config.seed).tolist())
+        splits = {
+            "train": [s for i, s in enumerate(chosen) if i not in test],
+            "test": [s for i, s in enumerate(chosen) if i in test],
+        }
+        with _timed(seconds, "write"):
+            for split, samples in splits.items():
+                write_split(out, split, _dataset_rows(samples, work, edits, config), FEATURES)
+            rejections = discovery_rejections + [r for entry in order for r in _unit_rejections(work, entry)]
+            atomic_write_text(out / "rejections.jsonl", "".join(json.dumps(r.to_dict()) + "\n" for r in rejections))
+            summary = BuildSummary(
+                out, {k: len(v) for k, v in splits.items()}, Counter(r.reason for r in rejections), len(edits), seconds
+            )
+            _write_card(out, config, splits, work, edits, summary)
     return summary
 
 
@@ -156,6 +167,12 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def _check_arguments(config: ColdStartConfig, entries: list[VideoEntry]) -> None:
+    """Refuse, before any decoding, a request that cannot give what it asks for.
+
+    An ``--eval-count`` that would leave train empty fails rather than being capped: the
+    numbers are known now, the fix is the user's to choose, and a dataset with no
+    training rows is never what a cold-start build is for.
+    """
     if config.num_samples < 1 or config.pairs_per_video < 1:
         raise ValueError("--num-samples and --pairs-per-video must be at least 1")
     most = len(entries) * config.pairs_per_video
@@ -166,6 +183,29 @@ def _check_arguments(config: ColdStartConfig, entries: list[VideoEntry]) -> None
         )
     if config.resolution < 16 or config.resolution % 16:
         raise ValueError(f"--resolution must be a positive multiple of 16, got {config.resolution}")
+    if config.eval_count >= config.num_samples:
+        raise ValueError(
+            f"--eval-count {config.eval_count} would put all {config.num_samples} samples (--num-samples) in the "
+            "test split and none in train; lower --eval-count or raise --num-samples"
+        )
+
+
+@contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s `FolderLock`; an output folder that cannot be made or written is a user error."""
+    lock = FolderLock(out, job="cold-start build")
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise _unwritable(out, error) from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _unwritable(out: Path, error: OSError) -> ValueError:
+    return ValueError(f"cannot write to the output folder {out}: {error.strerror or error}")
 
 
 def _open_work_dir(out: Path, config: ColdStartConfig) -> Path:
@@ -175,7 +215,7 @@ def _open_work_dir(out: Path, config: ColdStartConfig) -> Path:
         (work / "units").mkdir(parents=True, exist_ok=True)
         (work / "edits").mkdir(exist_ok=True)
     except OSError as error:
-        raise ValueError(f"cannot write to the output folder {out}: {error.strerror or error}") from error
+        raise _unwritable(out, error) from error
     recorded = work / "config.json"
     wanted = json.dumps(config.fingerprint(), sort_keys=True, indent=1)
     if recorded.exists() and recorded.read_text() != wanted:
@@ -299,12 +339,27 @@ def _edit_references(chosen: list[Chosen], work: Path, config: ColdStartConfig) 
     return edits
 
 
-def _test_split(chosen: list[Chosen], work: Path, config: ColdStartConfig) -> np.ndarray:
-    """Representative test samples: one per cluster of (target look, source content) colour features."""
-    if config.eval_count <= 0 or not chosen:
+def _test_count(eval_count: int, made: int) -> int:
+    """``eval_count``, capped so that train keeps a row when fewer samples than requested could be made.
+
+    `_check_arguments` already refuses an ``eval_count`` that leaves no training rows of the
+    requested number; this covers a build whose rejections left fewer, known only now.
+    """
+    count = min(eval_count, max(made - 1, 0))
+    if count < eval_count:
+        log.warning(
+            "only %d samples could be made: the test split gets %d, not --eval-count %d, so that train keeps one",
+            made, count, eval_count,
+        )
+    return count
+
+
+def _test_split(chosen: list[Chosen], work: Path, count: int, seed: int) -> np.ndarray:
+    """``count`` representative test samples: one per cluster of (target look, source content) colour features."""
+    if count <= 0:
         return np.array([], dtype=int)
     features = np.stack([np.asarray(row["features"], np.float32) for row in _iter_rows(chosen, work, ["features"])])
-    return representative_split(features, config.eval_count, config.seed)
+    return representative_split(features, count, seed)
 
 
 def _iter_rows(samples: list[Chosen], work: Path, columns: list[str] | None = None) -> Iterator[dict]:
@@ -335,6 +390,17 @@ def _dataset_rows(samples: list[Chosen], work: Path, edits: dict[str, str], conf
         }
 
 
+def _capped_test_note(eval_count: int, splits: dict[str, list[Chosen]]) -> str:
+    """A sentence for the card when `_test_count` made the test split smaller than asked, else nothing."""
+    test, made = len(splits["test"]), sum(map(len, splits.values()))
+    if test >= eval_count:
+        return ""
+    return (
+        f" The test split has {test} rows, not the {eval_count} asked for with --eval-count: "
+        f"only {made} samples could be made, and train keeps at least one."
+    )
+
+
 def _write_card(out: Path, config: ColdStartConfig, splits: dict, work: Path, edits: dict, summary: BuildSummary) -> None:
     samples = [s for split in splits.values() for s in split]
     presets = Counter(row["preset"] for row in _iter_rows(samples, work, ["preset"]))
@@ -353,6 +419,7 @@ def _write_card(out: Path, config: ColdStartConfig, splits: dict, work: Path, ed
             f"`seminft-data build-coldstart` (paper §3.5): source = frame A, target = preset(A), "
             f"reference = preset(edit(frame B)); {summary.edited} references edited with {config.editor}. "
             f"Presets: {config.presets}; seed {config.seed}; short side {config.resolution}."
+            + _capped_test_note(config.eval_count, splits)
         ),
         sections={
             "Rejections": counter_table(summary.rejections, "reason"),
