@@ -65,7 +65,7 @@ def server(monkeypatch, tmp_path):
 
 def options(server, tmp_path, **overrides):
     base = dict(
-        methods=METHODS, judges=["gpt-4o"], reward="qwen3-vl-8b", metrics=["psnr", "ssim", "dino"],
+        methods=METHODS, judges=["gpt-4o"], reward="qwen3-vl-8b", metrics=["psnr", "ssim", "success", "color", "structure"],
         cache=str(tmp_path / "cache"), judge_config=server.config, concurrency=4,
     )
     return RunOptions(**{**base, **overrides})
@@ -115,9 +115,11 @@ def test_rerun_makes_no_calls_and_an_added_judge_only_its_own(tmp_path, server, 
     assert server.calls == 0
     assert (out / "results.jsonl").read_text() == first
 
-    run_benchmark(out, options(server, tmp_path, judges=["gpt-4o", "gemini-2.5-flash"]), bench_set=bench_set, log=lambda line: None)
+    methods = [*METHODS, "reinhard"]  # agreement is measured on non-bound methods only
+    run_benchmark(out, options(server, tmp_path, methods=methods, judges=["gpt-4o", "gemini-2.5-flash"]), bench_set=bench_set, log=lambda line: None)
     records = lines(out / "results.jsonl")
-    assert server.calls == len(records) == len(bench_set) * len(METHODS)  # only the new judge's cells
+    # the bounds' cells: only the new judge's; reinhard's: all three scorers
+    assert server.calls == len(bench_set) * (len(METHODS) + 3) and len(records) == len(bench_set) * len(methods)
     assert all(r["scores"]["gemini-2.5-flash"] is not None for r in records)
     assert "gpt-4o vs gemini-2.5-flash" in (out / "report.md").read_text()
 
@@ -132,7 +134,7 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path, server, bench_set):
     text = results.read_text().splitlines(keepends=True)
     results.write_text("".join(text + text[:2]) + text[3][:25])
 
-    with pytest.warns(UserWarning, match="incomplete last line"):
+    with pytest.warns(UserWarning, match="dropping an incomplete"):
         run_benchmark(out, options(server, tmp_path), bench_set=bench_set, log=lambda line: None)
     records = lines(results)
     assert len(records) == len({(r["sample"], r["method"]) for r in records}) == len(complete)
@@ -153,6 +155,7 @@ class Flaky(Method):
 
 def test_failed_cells_are_recorded_counted_and_retried(tmp_path, server, bench_set, monkeypatch):
     real_get_method = get_method
+    monkeypatch.setitem(runner_module.REGISTRY, "flaky", "test_bench_runner:Flaky")
     monkeypatch.setattr(
         runner_module, "get_method", lambda name, context=None: Flaky() if name == "flaky" else real_get_method(name, context)
     )

@@ -1,4 +1,6 @@
-"""Image metrics of the benchmark (paper §4.1): PSNR, SSIM, LPIPS, DISTS and the DINO success ratio.
+"""Image metrics of the benchmark (paper §4.1) and their registry: PSNR, SSIM, LPIPS, DISTS, the DINO
+success ratio, and two weight-free ones that run anywhere: `color` (to the reference) and `structure`
+(to the source).
 
 Every metric takes a pair of images, or two batches of the same length, each as a PIL image,
 a numpy array (H×W×3 or N×H×W×3, uint8 or float in [0, 1]), a torch tensor (…×3×H×W, uint8
@@ -18,8 +20,8 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,6 +40,7 @@ SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 """scikit-image's truncation of the Gaussian: radius int(3.5 · 1.5 + 0.5) = 5, the 11×11 window of Wang et al."""
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+LUMA_709 = (0.2126, 0.7152, 0.0722)
 
 LPIPS_BACKBONE_URLS = {  # torchvision's AlexNet_Weights / VGG16_Weights.IMAGENET1K_V1, which lpips loads
     "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -55,11 +58,6 @@ without giving it. DINO was trained to map colour-jittered, greyscaled and blurr
 photo to the same embedding, so a regrade of the source should stay far above 0.7, while a
 different scene (the reference handed back, newly generated content) should fall below it.
 Always report the threshold used with the ratio."""
-
-COMPARED_WITH = {"psnr": "target", "ssim": "target", "lpips": "target", "dists": "target", "dino": "source"}
-"""The image each metric compares a method's output with: the true answer, or (content kept?) the source."""
-METRIC_NAMES = tuple(COMPARED_WITH)
-
 
 def psnr(
     pred: ImageInput, target: ImageInput, *, device: str | None = None,
@@ -146,52 +144,145 @@ def success(similarity: Values, threshold: float = DINO_THRESHOLD) -> bool | np.
     return bool(passed) if passed.ndim == 0 else passed
 
 
-@dataclass
-class MetricSuite:
-    """Several metrics by name over one batch, one value per pair: what the benchmark runner records.
+def structure(pred: ImageInput, source: ImageInput, *, device: str | None = None, batch_size: int = 16) -> Values:
+    """Content kept, whatever the colours: Pearson correlation of the luminance gradient magnitudes.
 
-    "psnr", "ssim", "lpips" and "dists" compare ``pred`` with ``target``; "dino" compares
-    ``pred`` with ``source`` and adds "dino_success". `settings` is what to store beside the
-    values so that they can be read later (the threshold above all).
+    The gradient correlation of image registration (Penney et al., "A comparison of similarity
+    measures for use in 2-D-3-D medical image registration", IEEE TMI 1998), on Sobel gradient
+    magnitudes of Rec. 709 luma. A global regrade scales and bends the luminance but leaves its
+    edges where they were, so the correlation stays near 1 (exactly 1 for the source itself, and
+    unchanged by any affine change of luminance); other content decorrelates the edges (a
+    different photo scores near 0). A flat image has no gradients: comparing one gives NaN.
     """
+    return _per_pair(_gradient_correlation, pred, source, device=device, dtype=torch.float64, batch_size=batch_size)
 
-    names: Sequence[str] = ("psnr", "ssim", "lpips", "dists")
+
+def _gradient_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def magnitude(rgb: torch.Tensor) -> torch.Tensor:
+        luma = torch.tensordot(rgb.movedim(1, -1), rgb.new_tensor(LUMA_709), dims=1).unsqueeze(1)
+        sobel = rgb.new_tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+        gx = F.conv2d(luma, sobel.view(1, 1, 3, 3))
+        gy = F.conv2d(luma, sobel.T.reshape(1, 1, 3, 3))
+        return torch.hypot(gx, gy).flatten(1)
+
+    x, y = magnitude(a), magnitude(b)
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    return (x * y).sum(1) / (x.square().sum(1) * y.square().sum(1)).sqrt()
+
+
+def color(pred: ImageInput, reference: ImageInput) -> Values:
+    """How far the output's colours are from the reference's: `colorstats.sliced_wasserstein_lab` (CIELAB units).
+
+    0 for identical colour distributions, whatever the content or image sizes. See there for the definition.
+    """
+    from seminft_bench.colorstats import sliced_wasserstein_lab
+
+    preds, references = _as_list(pred), _as_list(reference)
+    if len(preds) != len(references):
+        raise ValueError(f"{len(preds)} outputs but {len(references)} references; pairs must match one to one")
+    values = np.array([sliced_wasserstein_lab(to_array(p), to_array(r)) for p, r in zip(preds, references)])
+    return float(values[0]) if not isinstance(pred, (list, tuple)) else values
+
+
+def _as_list(images: ImageInput) -> list:
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The parameters metrics take. Each metric names those that change its values: they key its cells."""
+
     lpips_net: str = "alex"
     dino_model: str = DINO_MODEL
     dino_threshold: float = DINO_THRESHOLD
     device: str | None = None
 
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.names if name not in METRIC_NAMES]
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRIC_NAMES)}")
 
-    def __call__(
-        self, pred: ImageInput, target: ImageInput | None = None, source: ImageInput | None = None,
-    ) -> dict[str, np.ndarray]:
-        results = {}
-        for name in self.names:
-            other_name = COMPARED_WITH[name]
-            other = source if other_name == "source" else target
-            if other is None:
-                raise ValueError(f"metric {name!r} needs {other_name} images")
-            results[name] = np.atleast_1d(self._metric(name)(pred, other))
-        if "dino" in results:
-            results["dino_success"] = success(results["dino"], self.dino_threshold)
-        return results
+@dataclass(frozen=True)
+class Metric:
+    """One entry of the registry: everything the runner, the report and the CLI need to know of a metric.
 
-    def settings(self) -> dict:
-        return {**asdict(self), "names": list(self.names)}
+    ``compute(pred, other, settings)`` takes an output and the image it is ``compared_with``
+    ("target", "source" or "reference"); a metric that ``uses`` another is computed from that
+    metric's value instead (``compute(value, None, settings)``). ``parameters`` are the
+    `MetricSettings` fields its values depend on; ``weights`` says what it loads (None:
+    weight-free, runs anywhere). Bump ``version`` when a change of code changes its values.
+    """
 
-    def _metric(self, name: str) -> Callable[[ImageInput, ImageInput], Values]:
-        device = self.device
-        return {
-            "psnr": functools.partial(psnr, device=device),
-            "ssim": functools.partial(ssim, device=device),
-            "lpips": functools.partial(lpips, net=self.lpips_net, device=device),
-            "dists": functools.partial(dists, device=device),
-            "dino": lambda pred, source: dino_similarity(source, pred, model=self.dino_model, device=device),
-        }[name]
+    name: str
+    label: str
+    compared_with: str
+    higher_is_better: bool
+    compute: Callable[[object, object, MetricSettings], Values]
+    parameters: tuple[str, ...] = ()
+    weights: str | None = None
+    uses: str | None = None
+    version: int = 1
+
+    def settings(self, settings: MetricSettings) -> dict:
+        """What determines this metric's values (hashed into its cells' key)."""
+        return {"metric": self.name, "version": self.version, **{p: getattr(settings, p) for p in self.parameters}}
+
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        Metric("psnr", "PSNR", "target", True, lambda p, t, s: psnr(p, t, device=s.device)),
+        Metric("ssim", "SSIM", "target", True, lambda p, t, s: ssim(p, t, device=s.device)),
+        Metric(
+            "lpips", "LPIPS", "target", False, lambda p, t, s: lpips(p, t, net=s.lpips_net, device=s.device),
+            parameters=("lpips_net",), weights="torchvision AlexNet/VGG16 in the torch cache",
+        ),
+        Metric("dists", "DISTS", "target", False, lambda p, t, s: dists(p, t, device=s.device), weights="piq DISTS + VGG16 in the torch cache"),
+        Metric(
+            "dino", "DINO sim.", "source", True,
+            lambda p, src, s: dino_similarity(src, p, model=s.dino_model, device=s.device),
+            parameters=("dino_model",), weights="a DINO ViT in the Hugging Face cache",
+        ),
+        Metric(
+            "success", "Success", "source", True, lambda similarity, _, s: success(similarity, s.dino_threshold),
+            parameters=("dino_model", "dino_threshold"), weights="as dino", uses="dino",
+        ),
+        Metric("color", "Color dist.", "reference", False, lambda p, r, s: color(p, r)),
+        Metric("structure", "Structure", "source", True, lambda p, src, s: structure(p, src, device=s.device)),
+    )
+}
+"""The metrics registry, in the tables' column order. Adding a metric is one entry here."""
+METRIC_NAMES = tuple(METRICS)
+
+
+def get_metric(name: str) -> Metric:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[name]
+
+
+def with_dependencies(names: Sequence[str]) -> list[str]:
+    """``names`` plus the metrics they are computed from, each once, dependencies first."""
+    ordered: list[str] = []
+    for name in names:
+        used = get_metric(name).uses
+        ordered += [n for n in (used, name) if n is not None and n not in ordered]
+    return ordered
+
+
+def compute_metrics(
+    names: Sequence[str], pred: ImageInput, images: Mapping[str, ImageInput], settings: MetricSettings = MetricSettings()
+) -> dict[str, np.ndarray]:
+    """Each metric of ``names`` (and what they use) on one output or batch, one value per pair.
+
+    ``images`` maps roles ("target", "source", "reference") to the images compared with.
+    """
+    values: dict[str, np.ndarray] = {}
+    for name in with_dependencies(names):
+        metric = get_metric(name)
+        if metric.uses is not None:
+            values[name] = np.atleast_1d(metric.compute(values[metric.uses], None, settings))
+            continue
+        if images.get(metric.compared_with) is None:
+            raise ValueError(f"metric {name!r} needs {metric.compared_with} images")
+        values[name] = np.atleast_1d(metric.compute(pred, images[metric.compared_with], settings))
+    return values
 
 
 def _psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

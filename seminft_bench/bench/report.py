@@ -2,11 +2,15 @@
 
 Everything is rebuilt from ``results.jsonl`` and ``run.json`` (`write_reports`), so a report
 can be regenerated at any time (``seminft-bench report DIR``). The columns are the paper's
-(Tables 1, 2, 4, 5): each judge's mean score, the Reward, the success ratio, and with
-targets PSNR / SSIM / DISTS / LPIPS, each a mean over samples with a percentile-bootstrap
-95% interval. A column that could not be computed says "not computed" — never 0. The best
-method per column is in bold; the bounds (identity, reference, oracle) are shown for
-context and not ranked.
+(Tables 1, 2, 4, 5): each judge's mean score, the Reward (Eq. 4 on the paper's [0, 1] scale:
+the raw 0–5 score / 5), then the metrics of the registry. Only values computed under the
+settings of the current run.json count (their cell key must match), over the current run's
+samples. Within a column every method is measured on the same samples: those that every
+method with values in that column completed (the others are listed with the reason), with
+paired-bootstrap 95% intervals. Bold marks the best method only where the paired interval
+of its difference to the runner-up excludes 0; otherwise the methods not significantly worse
+than the best are marked as tied. The bounds (identity, reference, oracle) are shown for
+context and never ranked. A column that could not be computed says "not computed", never 0.
 """
 
 from __future__ import annotations
@@ -19,90 +23,185 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from seminft_bench.bench.results import read_records
-from seminft_bench.bench.stats import Estimate, bootstrap_mean, spearman
+import numpy as np
+
+from seminft_bench.bench.metrics import METRICS
+from seminft_bench.bench.results import cell_key, read_records
+from seminft_bench.bench.stats import Estimate, kendall, paired_bootstrap, paired_difference, spearman
 from seminft_bench.fileio import atomic_write_text
 
 BOUNDS = ("identity", "reference", "oracle")
 NOT_COMPUTED = "not computed"
 MAX_GRID_SAMPLES = 50
+REWARD_SCALE = 5.0
+"""Eq. 4 scores lie in 0–5; the paper's Reward column is on [0, 1] (Tables 1–5: 0.22–0.87)."""
+RANK_RULE = (
+    "Mean over the samples every method of the column completed, [paired-bootstrap 95% interval]. "
+    "**Bold**: best, where the paired interval of its difference to the runner-up excludes 0; "
+    "otherwise _italic_: the methods not significantly worse than the best (a tie). "
+    "Bounds ({bounds}) are not ranked."
+)
 
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: where its value sits in a record and which direction is better."""
+    """One table column: the results cell behind it, how to read its value, and which direction is better."""
 
     key: str
     label: str
+    cell: str
     higher_is_better: bool
     value: Callable[[dict], float | None]
     not_computed_as: str  # the run.json "not_computed" entry that explains its absence
+    scale: float = 1.0  # shown value = stored value / scale
 
 
 def columns(info: dict) -> list[Column]:
-    """The run's columns in the paper's order."""
+    """The run's columns in the paper's order: judges, Reward, then the metrics in registry order."""
     cols = [
-        Column(judge, judge, True, lambda r, j=judge: r["scores"].get(j), f"judge {judge}")
+        Column(judge, judge, f"judge:{judge}", True, lambda r, j=judge: r["scores"].get(j), f"judge {judge}")
         for judge in info.get("judges", [])
     ]
-    cols.append(Column("reward", "Reward", True, lambda r: r.get("reward"), "judge reward"))
-    cols.append(Column("success", "Success", True, lambda r: _as_float(r["metrics"].get("dino_success")), "metric dino"))
-    for key, label, higher in (("psnr", "PSNR", True), ("ssim", "SSIM", True), ("dists", "DISTS", False), ("lpips", "LPIPS", False)):
-        cols.append(Column(key, label, higher, lambda r, k=key: r["metrics"].get(k), f"metric {key}"))
+    if info.get("reward"):
+        cols.append(Column("reward", "Reward", "judge:reward", True, lambda r: r.get("reward"), "judge reward", REWARD_SCALE))
+    for name in (n for n in METRICS if n in info.get("metrics", [])):
+        metric = METRICS[name]
+        cols.append(
+            Column(name, metric.label, f"metric:{name}", metric.higher_is_better,
+                   lambda r, n=name: _as_float(r["metrics"].get(n)), f"metric {name}")  # fmt: skip
+        )
     return cols
 
 
 @dataclass
 class Table:
-    """Per method and column the estimate (None: not computed), failed cells, and the best method per column."""
+    """Per method and column the estimate (None: no value), the samples compared, and the marks."""
 
     methods: list[str]
     columns: list[Column]
     cells: dict[tuple[str, str], Estimate | None]
     failed: dict[str, int]
-    best: dict[str, str]
-    samples: dict[str, int]
+    best: dict[str, str] = field(default_factory=dict)  # column → the significantly best method
+    tied: dict[str, list[str]] = field(default_factory=dict)  # column → methods not significantly worse than the best
+    excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # column → sample → why it is not compared
+    not_computed: dict[str, str] = field(default_factory=dict)
+
+
+def current_values(records: dict, info: dict, method: str, col: Column) -> dict[str, float]:
+    """Sample → value of ``col`` for ``method``, over the current samples, computed under the current settings."""
+    keys = info.get("keys")
+    wanted = cell_key(keys, method, col.cell) if keys else None
+    values = {}
+    for sample in info.get("samples", []):
+        record = records.get((sample, method))
+        if record is None or wanted is None or record.get("keys", {}).get(col.cell) != wanted:
+            continue
+        value = col.value(record)
+        if value is not None:
+            values[sample] = value / col.scale
+    return values
 
 
 def build_table(records: dict, info: dict) -> Table:
-    methods = _ordered_methods(records, info)
-    cols = columns(info)
-    cells, failed, samples = {}, {}, {}
-    for method in methods:
-        rows = [r for (_, m), r in sorted(records.items()) if m == method]
-        samples[method] = len(rows)
-        failed[method] = sum(len(r["errors"]) for r in rows)
-        for col in cols:
-            cells[method, col.key] = bootstrap_mean([v for r in rows if (v := col.value(r)) is not None])
-    best = {}
-    for col in cols:
-        ranked = [(cells[m, col.key].mean, m) for m in methods if m not in BOUNDS and cells[m, col.key] is not None]
-        if len(ranked) > 1:
-            best[col.key] = (max if col.higher_is_better else min)(ranked)[1]
-    shown = [c for c in cols if any(cells[m, c.key] is not None for m in methods) or c.not_computed_as in info.get("not_computed", {})]
-    return Table(methods, shown, cells, failed, best, samples)
+    methods = list(info.get("methods", []))
+    table = Table(methods, [], {}, {m: _failed_cells(records, info, m) for m in methods}, not_computed=info.get("not_computed", {}))
+    for col in columns(info):
+        values = {m: current_values(records, info, m, col) for m in methods}
+        compared = [m for m in methods if values[m]]
+        if not compared:
+            if col.not_computed_as in table.not_computed or any(_errors(records, info, m, col.cell) for m in methods):
+                table.columns.append(col)
+                table.cells.update({(m, col.key): None for m in methods})
+            continue
+        table.columns.append(col)
+        common = [s for s in info.get("samples", []) if all(s in values[m] for m in compared)]
+        table.excluded[col.key] = _exclusions(records, info, values, compared, common, col)
+        if not common:
+            table.cells.update({(m, col.key): None for m in methods})
+            continue
+        matrix = np.array([[values[m][s] for s in common] for m in compared])
+        estimates = dict(zip(compared, paired_bootstrap(matrix)))
+        table.cells.update({(m, col.key): estimates.get(m) for m in methods})
+        _mark(table, col, {m: matrix[i] for i, m in enumerate(compared) if m not in BOUNDS})
+    return table
 
 
-def _ordered_methods(records: dict, info: dict) -> list[str]:
-    """The run's methods in the order they were asked for, then any others found in the results."""
-    return list(dict.fromkeys([*info.get("methods", []), *(method for _, method in records)]))
+def _mark(table: Table, col: Column, rows: dict[str, np.ndarray]) -> None:
+    """Bold the best when the paired interval of its lead over the runner-up excludes 0, else mark the tie."""
+    if len(rows) < 2:
+        return
+    sign = 1.0 if col.higher_is_better else -1.0
+    order = sorted(rows, key=lambda m: sign * float(np.mean(rows[m])), reverse=True)
+    best = order[0]
+    lead = paired_difference(sign * rows[best], sign * rows[order[1]])
+    if lead.low > 0:
+        table.best[col.key] = best
+        return
+    table.tied[col.key] = [m for m in order if m == best or paired_difference(sign * rows[best], sign * rows[m]).low <= 0]
 
 
-def judge_agreement(records: dict, info: dict) -> dict[tuple[str, str], tuple[float | None, int]]:
-    """Spearman ρ between every two judges (and the reward) over the (sample, method) cells both scored."""
-    scorers = {judge: (lambda r, j=judge: r["scores"].get(j)) for judge in info.get("judges", [])}
-    scorers["reward"] = lambda r: r.get("reward")
+def _exclusions(records, info, values, compared, common, col) -> dict[str, str]:
+    """Why each current sample left out of the column's comparison is missing, method by method."""
+    excluded = {}
+    for sample in info.get("samples", []):
+        if sample in common:
+            continue
+        reasons = []
+        for method in compared:
+            if sample not in values[method]:
+                error = (records.get((sample, method)) or {}).get("errors", {})
+                why = error.get(col.cell) or error.get("generate") or "not computed yet"
+                reasons.append(f"{method}: {why}")
+        excluded[sample] = "; ".join(reasons)
+    return excluded
+
+
+def _current_cells(info: dict) -> list[str]:
+    return ["generate", *(c.cell for c in columns(info))]
+
+
+def _errors(records: dict, info: dict, method: str, cell: str) -> int:
+    return sum(cell in (records.get((s, method)) or {}).get("errors", {}) for s in info.get("samples", []))
+
+
+def _failed_cells(records: dict, info: dict, method: str) -> int:
+    return sum(_errors(records, info, method, cell) for cell in _current_cells(info))
+
+
+def judge_agreement(records: dict, info: dict) -> dict[tuple[str, str], tuple[float | None, float | None, int]]:
+    """Spearman ρ and Kendall τ between every two judges (and the reward), with n, over the cells both
+    scored under the current settings. Bounds are left out: they sit at both ends of every judge's
+    scale and would inflate any agreement."""
+    scorers = {c.key: c for c in columns(info) if c.cell.startswith("judge:")}
+    ranked = [m for m in info.get("methods", []) if m not in BOUNDS]
+    values = {(key, m): current_values(records, info, m, col) for key, col in scorers.items() for m in ranked}
     agreement = {}
     for a, b in combinations(scorers, 2):
-        both = [(scorers[a](r), scorers[b](r)) for r in records.values()]
-        both = [(x, y) for x, y in both if x is not None and y is not None]
-        if both:
-            agreement[a, b] = (spearman([x for x, _ in both], [y for _, y in both]), len(both))
+        pairs = [(values[a, m][s], values[b, m][s]) for m in ranked for s in values[a, m] if s in values[b, m]]
+        if pairs:
+            x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+            agreement[a, b] = (spearman(x, y), kendall(x, y), len(pairs))
     return agreement
+
+
+def judge_sanity(records: dict, info: dict) -> dict[str, dict[str, float]]:
+    """Per judge, its mean score of ``identity`` (the untouched source) and ``reference`` where the run has them.
+
+    A judge that rates the source as high as the reference is not measuring preset similarity.
+    """
+    sanity = {}
+    for col in (c for c in columns(info) if c.cell.startswith("judge:")):
+        means = {}
+        for bound in ("identity", "reference"):
+            if bound in info.get("methods", []) and (values := current_values(records, info, bound, col)):
+                means[bound] = float(np.mean(list(values.values())))
+        if means:
+            sanity[col.label] = means
+    return sanity
 
 
 def write_reports(run_dir: str | os.PathLike) -> dict[str, Path]:
@@ -115,12 +214,13 @@ def write_reports(run_dir: str | os.PathLike) -> dict[str, Path]:
     records = read_records(run_dir / "results.jsonl")
     table = build_table(records, info)
     agreement = judge_agreement(records, info)
+    sanity = judge_sanity(records, info)
     costs = _costs(run_dir)
     return {
         "csv": atomic_write_text(run_dir / "summary.csv", summary_csv(table)),
-        "markdown": atomic_write_text(run_dir / "report.md", report_markdown(table, agreement, costs, info)),
+        "markdown": atomic_write_text(run_dir / "report.md", report_markdown(table, agreement, sanity, costs, info)),
         "latex": atomic_write_text(run_dir / "report.tex", report_latex(table, info)),
-        "html": atomic_write_text(run_dir / "report.html", report_html(run_dir, table, agreement, costs, info, records)),
+        "html": atomic_write_text(run_dir / "report.html", report_html(run_dir, table, agreement, sanity, costs, info, records)),
     }
 
 
@@ -130,12 +230,12 @@ def write_reports(run_dir: str | os.PathLike) -> dict[str, Path]:
 def summary_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["method", "samples", "failed_cells"]
+    header = ["method", "failed_cells"]
     for col in table.columns:
         header += [f"{col.key}_mean", f"{col.key}_ci_low", f"{col.key}_ci_high", f"{col.key}_n"]
     writer.writerow(header)
     for method in table.methods:
-        row: list[object] = [method, table.samples[method], table.failed[method]]
+        row: list[object] = [method, table.failed[method]]
         for col in table.columns:
             est = table.cells[method, col.key]
             row += [NOT_COMPUTED, "", "", 0] if est is None else [f"{est.mean:.6g}", f"{est.low:.6g}", f"{est.high:.6g}", est.n]
@@ -143,70 +243,107 @@ def summary_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
-def _cell_text(table: Table, method: str, col: Column, bold: Callable[[str], str]) -> str:
-    est = table.cells[method, col.key]
+def _number(value: float, col: Column) -> str:
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return f"{value:.{2 if col.key == 'psnr' else 3}f}"
+
+
+def _cell_text(table: Table, method: str, col: Column, bold: Callable[[str], str], tie: Callable[[str], str]) -> str:
+    est = table.cells.get((method, col.key))
     if est is None:
         return NOT_COMPUTED
-    digits = 2 if col.key in ("psnr",) else 3
-    text = f"{est.mean:.{digits}f} [{est.low:.{digits}f}, {est.high:.{digits}f}]"
-    return bold(text) if table.best.get(col.key) == method else text
+    text = f"{_number(est.mean, col)} [{_number(est.low, col)}, {_number(est.high, col)}]"
+    if table.best.get(col.key) == method:
+        return bold(text)
+    return tie(text) if method in table.tied.get(col.key, ()) else text
 
 
 def _arrow(col: Column) -> str:
     return "↑" if col.higher_is_better else "↓"
 
 
-def report_markdown(table: Table, agreement: dict, costs: dict, info: dict) -> str:
+def _notes(table: Table, info: dict) -> list[str]:
+    """The sentences under the table: the ranking rule, what each column means, n per column."""
+    notes = [RANK_RULE.format(bounds=", ".join(BOUNDS))]
+    for col in table.columns:
+        if col.key == "reward":
+            notes.append(f"Reward: {info.get('reward')} by Eq. 4, the raw 0–5 score / {REWARD_SCALE:g} (the paper's scale).")
+        if col.key == "success":
+            notes.append(f"Success: share of outputs whose DINO similarity to the source exceeds {info.get('dino_threshold')}.")
+        if col.key == "color":
+            notes.append("Color dist.: sliced Wasserstein distance to the reference's CIELAB colours (0: the same colours).")
+        if col.key == "structure":
+            notes.append("Structure: correlation of luminance gradients with the source (1: the source's edges exactly).")
+    counts = [f"{c.label} {next((e.n for m in table.methods if (e := table.cells.get((m, c.key)))), 0)}" for c in table.columns]
+    notes.append(f"Samples compared per column (n): {', '.join(counts)} of {len(info.get('samples', []))}.")
+    return notes
+
+
+def report_markdown(table: Table, agreement: dict, sanity: dict, costs: dict, info: dict) -> str:
     lines = [
         f"# Benchmark: {info.get('dataset', '?')}",
-        "",
-        f"{len(info.get('samples', []))} samples. Mean over samples with a bootstrap 95% interval; best in bold "
-        f"(bounds {', '.join(BOUNDS)} are not ranked). Success: DINO similarity to the source above "
-        f"{info.get('dino_threshold')}.",
         "",
         "| Method | " + " | ".join(f"{c.label} {_arrow(c)}" for c in table.columns) + " | Failed cells |",
         "|---|" + "---|" * len(table.columns) + "---|",
     ]
     for method in table.methods:
-        cells = [_cell_text(table, method, c, lambda t: f"**{t}**") for c in table.columns]
+        cells = [_cell_text(table, method, c, lambda t: f"**{t}**", lambda t: f"_{t}_") for c in table.columns]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {table.failed[method]} |")
-    not_computed = info.get("not_computed", {})
-    if not_computed:
-        lines += ["", "## Not computed", ""] + [f"- {what}: {why}" for what, why in not_computed.items()]
+    lines += [""] + [f"{note}  " for note in _notes(table, info)]
+    if table.not_computed:
+        lines += ["", "## Not computed", ""] + [f"- {what}: {why}" for what, why in table.not_computed.items()]
+    excluded = [(table_col, sample, why) for table_col, samples in table.excluded.items() for sample, why in samples.items()]
+    if excluded:
+        lines += ["", "## Samples left out of a column", ""] + [f"- {col} / {sample}: {why}" for col, sample, why in excluded]
     if info.get("skipped"):
         lines += ["", "## Skipped samples", ""] + [f"- {s['name']}: {s['reason']}" for s in info["skipped"]]
-    lines += ["", "## Inter-judge agreement (Spearman ρ over scored cells)", ""]
+    lines += ["", "## Inter-judge agreement (non-bound methods' cells)", ""]
     if agreement:
-        lines += ["| Judges | ρ | cells |", "|---|---|---|"]
-        for (a, b), (rho, n) in agreement.items():
-            lines.append(f"| {a} vs {b} | {'n/a' if rho is None else f'{rho:.3f}'} | {n} |")
+        lines += ["| Judges | Spearman ρ | Kendall τ | cells |", "|---|---|---|---|"]
+        for (a, b), (rho, tau, n) in agreement.items():
+            lines.append(f"| {a} vs {b} | {_maybe(rho)} | {_maybe(tau)} | {n} |")
     else:
         lines.append("Fewer than two judges scored this run.")
+    if sanity:
+        lines += ["", "Sanity check, mean raw score of the bounds (a judge measuring preset similarity rates "
+                  "the reference far above the untouched source):", ""]  # fmt: skip
+        lines += [f"- {judge}: " + ", ".join(f"{bound} {mean:.2f}" for bound, mean in means.items()) for judge, means in sanity.items()]
     lines += ["", "## API cost", "", _cost_line(costs), ""]
     return "\n".join(lines)
 
 
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def report_latex(table: Table, info: dict) -> str:
-    """A booktabs table for papers: means only, best in bold, "--" where not computed."""
+    """A booktabs table for papers: means only, best in bold, ties underlined, "--" where not computed."""
 
     def cell(method: str, col: Column) -> str:
-        est = table.cells[method, col.key]
+        est = table.cells.get((method, col.key))
         if est is None:
             return "--"
-        text = f"{est.mean:.{2 if col.key == 'psnr' else 3}f}"
-        return f"\\textbf{{{text}}}" if table.best.get(col.key) == method else text
+        text = "$\\infty$" if math.isinf(est.mean) else _number(est.mean, col)
+        if table.best.get(col.key) == method:
+            return f"\\textbf{{{text}}}"
+        return f"\\underline{{{text}}}" if method in table.tied.get(col.key, ()) else text
 
     def escape(text: str) -> str:
         return text.replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
 
     header = " & ".join(["Method"] + [f"{escape(c.label)} $\\{'uparrow' if c.higher_is_better else 'downarrow'}$" for c in table.columns])
     rows = [" & ".join([escape(m)] + [cell(m, c) for c in table.columns]) + " \\\\" for m in table.methods]
+    caption = (
+        f"Quantitative comparison on {escape(str(info.get('dataset', '')))}. Bold: best, significant under a paired "
+        "bootstrap (95\\%); underlined: not significantly worse than the best."
+    )
     return "\n".join(
         [
             "% requires \\usepackage{booktabs}",
             "\\begin{table}[t]",
             "\\centering",
-            f"\\caption{{Quantitative comparison on {escape(str(info.get('dataset', '')))}. Best in bold.}}",
+            f"\\caption{{{caption}}}",
             "\\begin{tabular}{l" + "c" * len(table.columns) + "}",
             "\\toprule",
             header + " \\\\",
@@ -245,72 +382,114 @@ def _cost_line(costs: dict) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-def report_html(run_dir: Path, table: Table, agreement: dict, costs: dict, info: dict, records: dict) -> str:
-    """One page: the table, score distributions, and a grid per sample. Images are linked relatively."""
+def report_html(run_dir: Path, table: Table, agreement: dict, sanity: dict, costs: dict, info: dict, records: dict) -> str:
+    """One page: the table, the transfer/preservation scatter, score distributions, and a grid per sample."""
     esc = html.escape
     head = "".join(f"<th>{esc(c.label)} {_arrow(c)}</th>" for c in table.columns)
     body = "".join(
         f"<tr><th>{esc(m)}</th>"
-        + "".join(f"<td>{_cell_text(table, m, c, lambda t: f'<b>{t}</b>')}</td>" for c in table.columns)
+        + "".join(f"<td>{_cell_text(table, m, c, lambda t: f'<b>{t}</b>', lambda t: f'<i>{t}</i>')}</td>" for c in table.columns)
         + f"<td>{table.failed[m]}</td></tr>"
         for m in table.methods
     )
-    not_computed = "".join(f"<li>{esc(w)}: {esc(r)}</li>" for w, r in info.get("not_computed", {}).items())
+    notes = "".join(f"<p class=note>{esc(note).replace('**Bold**', '<b>Bold</b>').replace('_italic_', '<i>italic</i>')}</p>" for note in _notes(table, info))
+    not_computed = "".join(f"<li>{esc(w)}: {esc(r)}</li>" for w, r in table.not_computed.items())
+    excluded = "".join(f"<li>{esc(c)} / {esc(s)}: {esc(w)}</li>" for c, samples in table.excluded.items() for s, w in samples.items())
     agreement_rows = "".join(
-        f"<tr><td>{esc(a)} vs {esc(b)}</td><td>{'n/a' if rho is None else f'{rho:.3f}'}</td><td>{n}</td></tr>"
-        for (a, b), (rho, n) in agreement.items()
+        f"<tr><td>{esc(a)} vs {esc(b)}</td><td>{_maybe(rho)}</td><td>{_maybe(tau)}</td><td>{n}</td></tr>"
+        for (a, b), (rho, tau, n) in agreement.items()
     )
+    sanity_items = "".join(
+        f"<li>{esc(j)}: " + ", ".join(f"{esc(b)} {m:.2f}" for b, m in means.items()) + "</li>" for j, means in sanity.items()
+    )
+    per_column = {c.key: {m: current_values(records, info, m, c) for m in table.methods} for c in table.columns}
     plots = "".join(
         f'<figure><img alt="{esc(c.label)} per method" src="data:image/png;base64,{png}"><figcaption>{esc(c.label)}</figcaption></figure>'
         for c in table.columns
-        if (png := _distribution_plot(records, table.methods, c))
+        if (png := _distribution_plot(per_column[c.key], c))
     )
+    scatter = _tradeoff_plot(per_column)
     return _PAGE.format(
         title=esc(f"Benchmark: {info.get('dataset', '')}"),
-        intro=esc(
-            f"{len(info.get('samples', []))} samples; mean [bootstrap 95% interval]; best in bold "
-            f"(bounds not ranked); success = DINO similarity to the source > {info.get('dino_threshold')}."
-        ),
+        intro=esc(f"{len(info.get('samples', []))} samples."),
         head=head,
         body=body,
+        notes=notes,
         not_computed=f"<h2>Not computed</h2><ul>{not_computed}</ul>" if not_computed else "",
+        excluded=f"<h2>Samples left out of a column</h2><ul>{excluded}</ul>" if excluded else "",
         agreement=(
-            f"<h2>Inter-judge agreement</h2><table><tr><th>judges</th><th>Spearman ρ</th><th>cells</th></tr>{agreement_rows}</table>"
+            "<h2>Inter-judge agreement (non-bound methods)</h2><table><tr><th>judges</th><th>Spearman ρ</th>"
+            f"<th>Kendall τ</th><th>cells</th></tr>{agreement_rows}</table>"
             if agreement_rows
             else ""
         ),
+        sanity=f"<p>Mean raw score of the bounds per judge:</p><ul>{sanity_items}</ul>" if sanity_items else "",
         cost=esc(_cost_line(costs)),
+        scatter=(
+            "<h2>Transfer against preservation</h2><figure><img alt=\"color against structure per method\" "
+            f"src=\"data:image/png;base64,{scatter}\"><figcaption>Each dot a sample, each cross a method's mean: "
+            "left is closer to the reference's colours, up keeps more of the source's structure.</figcaption></figure>"
+            if scatter
+            else ""
+        ),
         plots=f"<h2>Score distributions</h2><div class=plots>{plots}</div>" if plots else "",
         grids=_sample_grids(run_dir, table, info, records),
     )
 
 
-def _distribution_plot(records: dict, methods: Sequence[str], col: Column) -> str | None:
-    """A box plot of the column's per-sample values per method, as base64 PNG (None: nothing to show).
-
-    Infinite values (the PSNR of an exact copy) cannot be drawn and are left out of the plot only.
-    """
-    values = {
-        m: [v for (_, rm), r in records.items() if rm == m and (v := col.value(r)) is not None and math.isfinite(v)]
-        for m in methods
-    }
-    values = {m: v for m, v in values.items() if v}
-    if not values or col.key == "success":
-        return None
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(1.2 + 0.9 * len(values), 3.2), dpi=100)
-    axes.boxplot(list(values.values()), showmeans=True)
-    axes.set_xticks(range(1, len(values) + 1), list(values), rotation=30, ha="right")
-    axes.set_title(f"{col.label} ({'higher' if col.higher_is_better else 'lower'} is better)")
-    figure.tight_layout()
+    return plt
+
+
+def _png(figure) -> str:
     buffer = io.BytesIO()
+    figure.tight_layout()
     figure.savefig(buffer, format="png")
-    plt.close(figure)
+    _pyplot().close(figure)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _distribution_plot(values: dict[str, dict[str, float]], col: Column) -> str | None:
+    """A box plot of the column's per-sample values per method, as base64 PNG (None: nothing to show).
+
+    Infinite values (the PSNR of an exact copy) cannot be drawn and are left out of the plot only.
+    """
+    finite = {m: [v for v in per_sample.values() if math.isfinite(v)] for m, per_sample in values.items()}
+    finite = {m: v for m, v in finite.items() if v}
+    if not finite or col.key == "success":
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(1.2 + 0.9 * len(finite), 3.2), dpi=100)
+    axes.boxplot(list(finite.values()), showmeans=True)
+    axes.set_xticks(range(1, len(finite) + 1), list(finite), rotation=30, ha="right")
+    axes.set_title(f"{col.label} ({'higher' if col.higher_is_better else 'lower'} is better)")
+    return _png(figure)
+
+
+def _tradeoff_plot(per_column: dict[str, dict[str, dict[str, float]]]) -> str | None:
+    """``color`` (x, to the reference) against ``structure`` (y, to the source) per method, as base64 PNG."""
+    if "color" not in per_column or "structure" not in per_column:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    for i, method in enumerate(per_column["color"]):
+        color, structure = per_column["color"][method], per_column["structure"][method]
+        samples = [s for s in color if s in structure]
+        if not samples:
+            continue
+        x, y = [color[s] for s in samples], [structure[s] for s in samples]
+        dots = axes.scatter(x, y, s=14, alpha=0.35, color=f"C{i % 10}")
+        axes.scatter([np.mean(x)], [np.mean(y)], s=120, marker="X", color=dots.get_facecolor()[0][:3], label=method, edgecolors="black")
+    axes.set_xlabel("color distance to the reference (lower: closer)")
+    axes.set_ylabel("structure kept from the source (higher: more)")
+    axes.legend(fontsize=8, loc="best")
+    axes.grid(alpha=0.3)
+    return _png(figure)
 
 
 def _sample_grids(run_dir: Path, table: Table, info: dict, records: dict) -> str:
@@ -323,7 +502,8 @@ def _sample_grids(run_dir: Path, table: Table, info: dict, records: dict) -> str
             record = records.get((sample, method))
             if record is None:
                 continue
-            cells.append(_figure(run_dir, record.get("output") or "", method, _caption(record, table), _reasoning(record)))
+            output = record.get("output") if record.get("keys", {}).get("generate") == info["keys"]["methods"].get(method) else None
+            cells.append(_figure(run_dir, output or "", method, _caption(record, table, info, method), _reasoning(record)))
         cells.append(_figure(run_dir, f"inputs/target/{sample}.png", "target"))
         sections.append(f"<section><h3>{esc(sample)}</h3><div class=grid>{''.join(c for c in cells if c)}</div></section>")
     more = len(info.get("samples", [])) - len(samples)
@@ -341,13 +521,16 @@ def _figure(run_dir: Path, relative: str, label: str, caption: str = "", details
     )
 
 
-def _caption(record: dict, table: Table) -> str:
+def _caption(record: dict, table: Table, info: dict, method: str) -> str:
     parts = []
     for col in table.columns:
-        value = col.value(record)
-        if value is not None:
-            parts.append(f"{col.label} {value:.3g}")
-    errors = "; ".join(f"{k}: {v}" for k, v in record["errors"].items())
+        if record.get("keys", {}).get(col.cell) == cell_key(info["keys"], method, col.cell):
+            value = col.value(record)
+            if value is not None:
+                value /= col.scale
+                parts.append(f"{col.label} {'∞' if math.isinf(value) else f'{value:.3g}'}")
+    current = set(_current_cells(info))
+    errors = "; ".join(f"{k}: {v}" for k, v in record["errors"].items() if k in current)
     text = html.escape(" · ".join(parts))
     return text + (f'<br><span class=error>{html.escape(errors)}</span>' if errors else "")
 
@@ -375,14 +558,19 @@ figcaption {{ font-size: 12px; }}
 .plots figure {{ width: auto; }} .plots img {{ width: auto; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 .error {{ color: #b00; }}
+.note {{ font-size: 13px; color: #444; margin: 2px 0; }}
 .placeholder {{ width: 220px; height: 140px; background: #eee; display: flex; align-items: center; justify-content: center; }}
 </style></head><body>
 <h1>{title}</h1>
 <p>{intro}</p>
 <table><tr><th>Method</th>{head}<th>Failed cells</th></tr>{body}</table>
+{notes}
 {not_computed}
+{excluded}
 {agreement}
+{sanity}
 <p>API cost: {cost}</p>
+{scatter}
 {plots}
 {grids}
 </body></html>

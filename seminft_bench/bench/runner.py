@@ -1,33 +1,41 @@
 """``seminft-bench run``: every method on every sample, scored by every metric and judge, resumably.
 
-Three stages overlap, connected by queues: generation (one thread pool per method, as
-wide as the method allows), image metrics (one thread, models loaded once) and judges
-(each judge's own pool of API calls). An output is scored as soon as it is written, so a
-slow API judge never holds the local methods back.
+The flow, in one place: each (sample, method) is a *unit* run in its method's pool
+(as wide as the method allows). A unit generates the output if it lacks one made under
+the current settings, then queues the scoring it still lacks: one task on the metrics
+pool (one thread, models loaded once) and one per judge on that judge's pool. Every task
+is submitted through `_Run.submit`, which wraps it so that whatever it raises becomes a
+failed cell, and the run ends when every submitted task has finished (the one completion
+rule). So a slow API judge never holds the local methods back, and nothing can hang.
 
 Everything lands in the run folder::
 
     DIR/inputs/{source,reference,target}/{sample}.png   what the methods saw (a folder dataset itself)
     DIR/outputs/{method}/{sample}.png                   each method's output
     DIR/results.jsonl                                   one record per (sample, method), see `results`
-    DIR/run.json                                        dataset, settings and what could not be computed
+    DIR/run.json                                        dataset, settings, cell keys, what could not be computed
     DIR/costs.json                                      API usage of all runs into this folder
+    DIR/.lock                                           held by the one process writing the folder
 
-A rerun skips every cell that is done: an output on disk is not generated again, a
-metric or score already recorded is not recomputed (and cached API replies cost nothing).
-Failed cells are retried. A judge, metric or method that cannot run here (no key, no
-weights) is skipped with one line and reported as "not computed", never as 0.
+A run folder belongs to one dataset (name, split, variant and the content of its
+samples); a rerun naming another fails at once (``overwrite`` starts afresh). Every cell
+carries the key of the settings that made it (`results.cell_key`): a rerun recomputes
+exactly the cells whose settings changed, and reuses the rest (cached API replies cost
+nothing). Failed cells are retried. A judge, metric or method that cannot run here (no
+key, no weights) is reported as "not computed", never as 0.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import queue
+import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,17 +43,37 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seminft_bench.bench.methods import Method, MethodContext, MethodUnavailable, get_method
-from seminft_bench.bench.metrics import COMPARED_WITH, DINO_THRESHOLD, METRIC_NAMES, MetricSuite
-from seminft_bench.bench.results import ResultsFile
+from seminft_bench.bench.methods import PREDICTIONS_PREFIX, REGISTRY, Method, MethodContext, MethodUnavailable, get_method
+from seminft_bench.bench.metrics import (
+    DINO_MODEL,
+    DINO_THRESHOLD,
+    METRIC_NAMES,
+    MetricSettings,
+    get_metric,
+    with_dependencies,
+)
+from seminft_bench.bench.results import ResultsFile, cell_key, settings_hash
 from seminft_bench.bench.samples import ROLES, BenchSet, Sample
 from seminft_bench.errors import MissingWeightsError
-from seminft_bench.fileio import atomic_write_text
-from seminft_bench.imaging import ImageReadError, read_image, write_png
+from seminft_bench.fileio import FolderLock, atomic_write_text
+from seminft_bench.imaging import read_image, write_png
 
 DEFAULT_JUDGES = ("gpt-4o", "gemini-2.5-flash", "qwen3-vl-32b")
 DEFAULT_REWARD = "qwen3-vl-8b"
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "dists", "success", "color", "structure")
 STAGES = ("generate", "metrics", "judge")
+REWARD = "reward"
+"""The reward model's column (its model is in run.json)."""
+FOLDER_FILES = ("inputs", "outputs", "results.jsonl", "run.json", "costs.json", "costs_last_run.json",
+                "summary.csv", "report.md", "report.tex", "report.html")  # fmt: skip
+"""What a run writes into its folder: what ``overwrite`` removes."""
+
+
+_SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|_SECRET)$")
+
+
+class RunFolderError(ValueError):
+    """The run folder holds another dataset's run (or cannot be used); the message says what differs."""
 
 
 @dataclass
@@ -56,7 +84,7 @@ class RunOptions:
     methods: Sequence[str] = ("identity", "reference")
     judges: Sequence[str] = DEFAULT_JUDGES
     reward: str | None = DEFAULT_REWARD
-    metrics: Sequence[str] = METRIC_NAMES
+    metrics: Sequence[str] = DEFAULT_METRICS
     split: str = "test"
     variant: str | None = None
     skip_bad: bool = False
@@ -66,6 +94,8 @@ class RunOptions:
     judge_config: str | None = None
     device: str | None = None
     dino_threshold: float = DINO_THRESHOLD
+    dino_model: str = DINO_MODEL
+    overwrite: bool = False
 
 
 @dataclass
@@ -77,31 +107,129 @@ class RunSummary:
     not_computed: dict[str, str]
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
 
 
 def run_benchmark(out: str | os.PathLike, options: RunOptions, bench_set: BenchSet | None = None, log: Callable[[str], None] = print) -> RunSummary:
     """Run ``options`` into the folder ``out`` (resuming whatever is there) and return what happened.
 
-    ``bench_set`` overrides ``options.dataset`` (callers that built a set in memory).
+    ``bench_set`` overrides ``options.dataset`` (callers that built a set in memory). Every
+    name is checked before any work; a KeyboardInterrupt stops the run within seconds, with
+    everything finished so far kept, and is raised again once the folder is consistent.
     """
     from seminft_bench.bench.datasets import load_bench_set
+    from seminft_bench.bench.report import write_reports
 
     started = time.perf_counter()
     out = Path(out)
+    check_names(options)
     bench_set = bench_set or load_bench_set(
         options.dataset, split=options.split, variant=options.variant, skip_bad=options.skip_bad, limit=options.limit
     )
     for skipped in bench_set.skipped:
         log(f"skipped sample {skipped.name}: {skipped.reason}")
-    write_inputs(out, bench_set)
-    with _Run(out, options, bench_set, log) as run:
-        run.start()
-        run.wait()
-        summary = run.summary(started)
-    from seminft_bench.bench.report import write_reports
-
-    write_reports(out)
+    with FolderLock(out, job="benchmark run"):
+        identity = claim_folder(out, dataset_identity(bench_set, options), overwrite=options.overwrite)
+        with _Run(out, options, bench_set, identity, log) as run:
+            write_inputs(out, bench_set)
+            try:
+                run.start()
+                run.wait()
+            except KeyboardInterrupt:
+                run.stop()
+                raise
+            finally:
+                summary = run.summary(started)
+        write_reports(out)
     return summary
+
+
+def check_names(options: RunOptions) -> None:
+    """Fail before any work when a method, judge or metric name is unknown (all of them in one message)."""
+    from seminft_bench.vlm import load_config
+
+    config = load_config(options.judge_config)
+    problems = []
+    for name in options.methods:
+        if name not in REGISTRY and not name.startswith(PREDICTIONS_PREFIX):
+            problems.append(f"unknown method {name!r} (known: {', '.join(REGISTRY)}, or {PREDICTIONS_PREFIX}DIR)")
+    for name in [*options.judges, *([options.reward] if options.reward else [])]:
+        if name not in config.judges:
+            problems.append(f"unknown judge {name!r} (known: {', '.join(config.judges)}; add one in a judge config)")
+    for name in options.metrics:
+        if name not in METRIC_NAMES:
+            problems.append(f"unknown metric {name!r} (known: {', '.join(METRIC_NAMES)})")
+    if len(set(options.methods)) != len(options.methods):
+        problems.append("a method is named twice")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------- the folder's identity
+
+
+def dataset_identity(bench_set: BenchSet, options: RunOptions) -> dict:
+    """What a run folder belongs to: the set's name, split and variant, and a content hash per sample."""
+    return {
+        "dataset": bench_set.name,
+        "split": options.split,
+        "variant": options.variant,
+        "samples": {sample.name: sample_fingerprint(sample) for sample in bench_set.samples},
+    }
+
+
+def sample_fingerprint(sample: Sample) -> str:
+    """SHA-256 (16 hex digits) of a sample's image files and preset: equal only for the same inputs."""
+    digest = hashlib.sha256()
+    for role in ROLES:
+        source = getattr(sample, role)
+        data = b"" if source is None else source if isinstance(source, bytes) else Path(source).read_bytes()
+        digest.update(f"{role}:{len(data)}:".encode() + data)
+    preset = sample.preset
+    if preset is not None:
+        described = preset.to_dict() if hasattr(preset, "to_dict") else np.asarray(preset.table).tobytes().hex()
+        digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def claim_folder(out: Path, identity: dict, *, overwrite: bool) -> dict:
+    """Make ``out`` this dataset's run folder: new, the same dataset's, or (``overwrite``) emptied first.
+
+    Returns the folder's identity from now on: the samples of earlier runs (a larger ``--limit``)
+    keep their fingerprints, so a later run over them is checked too.
+    """
+    info_path = out / "run.json"
+    if overwrite:
+        for name in FOLDER_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        return identity
+    if not info_path.exists():
+        if (out / "results.jsonl").exists():
+            raise RunFolderError(f"{out} has results.jsonl but no run.json: not a run folder of this version; use a new --out")
+        return identity
+    try:
+        before = json.loads(info_path.read_text(encoding="utf-8"))["identity"]
+    except (ValueError, KeyError, TypeError):
+        raise RunFolderError(f"{out}/run.json is unreadable or from an older version; use a new --out or --overwrite") from None
+    differences = [
+        f"{key} {before.get(key)!r} there, {identity[key]!r} now"
+        for key in ("dataset", "split", "variant")
+        if before.get(key) != identity[key]
+    ]
+    changed = sorted(name for name, fp in identity["samples"].items() if before.get("samples", {}).get(name, fp) != fp)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        differences.append(f"{len(changed)} sample(s) have other images than there: {shown}")
+    if differences:
+        raise RunFolderError(
+            f"{out} holds a run of another dataset ({'; '.join(differences)}). Use a new --out for this one, "
+            "or --overwrite to start this folder afresh."
+        )
+    return {**identity, "samples": {**before.get("samples", {}), **identity["samples"]}}
 
 
 def write_inputs(out: Path, bench_set: BenchSet) -> None:
@@ -113,35 +241,46 @@ def write_inputs(out: Path, bench_set: BenchSet) -> None:
                 write_png(sample.image(role), path, compress_level=1)
 
 
-class _Run:
-    """The state of one run: open methods, judges and metrics, the results file and the stage queues."""
+# --------------------------------------------------------------------------- the run
 
-    def __init__(self, out: Path, options: RunOptions, bench_set: BenchSet, log: Callable[[str], None]):
+
+class _Run:
+    """One run's open methods, judges and metrics, its results file, and the tasks in flight."""
+
+    def __init__(self, out: Path, options: RunOptions, bench_set: BenchSet, identity: dict, log: Callable[[str], None]):
         from seminft_bench.vlm import CostLedger
 
-        self.out, self.options, self.bench_set, self.log = out, options, bench_set, log
+        self.out, self.options, self.bench_set, self.identity, self.log = out, options, bench_set, identity, log
         self.results = ResultsFile(out / "results.jsonl")
         self.ledger = CostLedger()
         self.not_computed: dict[str, str] = {}
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self.metric_settings = MetricSettings(
+            dino_model=options.dino_model, dino_threshold=options.dino_threshold, device=options.device
+        )
         self.cache = _open_cache(options.cache)
         self.methods = self._open_methods()
         self.judges = self._open_judges()
         self.metrics = self._usable_metrics()
-        self.metric_queue: queue.Queue[tuple[Sample, str] | None] = queue.Queue()
-        self.pending = 0
-        self.done = threading.Condition()
-        self.bars = {
-            stage: tqdm(total=0, desc=stage, unit="cell", position=i, leave=True) for i, stage in enumerate(STAGES)
-        }
-        self.pools: list[ThreadPoolExecutor] = []
-        self.metric_thread = threading.Thread(target=self._metrics_worker, name="metrics", daemon=True)
+        self.settings = self._settings()
+        self.keys = {kind: {name: settings_hash(s) for name, s in entries.items()} for kind, entries in self.settings.items()}
+        self._write_run_info()
+        self.pools = {f"method {name}": ThreadPoolExecutor(max(1, m.concurrency), f"method-{name}") for name, m in self.methods.items()}
+        self.pools["metrics"] = ThreadPoolExecutor(1, "metrics")
+        for column, judge in self.judges.items():
+            self.pools[f"judge {column}"] = ThreadPoolExecutor(2 * self.options.concurrency, f"judge-{column}")
+        self.futures: list[Future] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.bars = {stage: tqdm(total=0, desc=stage, unit="cell", position=i, leave=True) for i, stage in enumerate(STAGES)}
+        self.unrecorded: list[str] = []
 
     # ------------------------------------------------------------------ set-up
 
     def _skip(self, what: str, reason: str) -> None:
-        self.not_computed[what] = reason
-        self.log(f"not computed: {what}: {reason}")
+        if what not in self.not_computed:
+            self.not_computed[what] = reason
+            self.log(f"not computed: {what}: {reason}")
 
     def _open_methods(self) -> dict[str, Method]:
         context = MethodContext(
@@ -162,205 +301,238 @@ class _Run:
         from seminft_bench.vlm import Judge, JudgeUnavailable, Transport, load_config
 
         config = load_config(self.options.judge_config)
-        judges = {}
-        wanted = [(name, False) for name in self.options.judges]
+        wanted = [(name, name, False) for name in self.options.judges]
         if self.options.reward:
-            wanted.append((self.options.reward, True))
-        for name, reward in wanted:
-            column = "reward" if reward else name
+            wanted.append((REWARD, self.options.reward, True))
+        judges = {}
+        for column, name, reward in wanted:
             try:
                 judges[column] = Judge.from_name(
                     name, config=config, reward=reward, cache=self.cache, ledger=self.ledger,
                     transport=Transport(self.options.concurrency), device=self.options.device,
                 )
-            except (JudgeUnavailable, MissingWeightsError, ValueError) as error:
+            except (JudgeUnavailable, MissingWeightsError) as error:
                 self._skip(f"judge {column}", str(error))
         return judges
 
     def _usable_metrics(self) -> list[str]:
         metrics = []
-        for name in self.options.metrics:
-            if name not in METRIC_NAMES:
-                raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
-            if COMPARED_WITH[name] == "target" and not self.bench_set.has_targets:
+        for name in with_dependencies(self.options.metrics):
+            if get_metric(name).compared_with == "target" and not self.bench_set.has_targets:
                 self._skip(f"metric {name}", f"the set {self.bench_set.name!r} has no targets")
             else:
                 metrics.append(name)
         return metrics
 
-    # ------------------------------------------------------------------ stages
+    def _settings(self) -> dict[str, dict[str, dict]]:
+        """Per method, metric and judge column, everything that determines its cells (keys are their hashes)."""
+        return {
+            "methods": {name: {"method": name, **method.settings()} for name, method in self.methods.items()},
+            "metrics": {name: get_metric(name).settings(self.metric_settings) for name in self.metrics},
+            "judges": {column: judge.settings() for column, judge in self.judges.items()},
+        }
+
+    # ------------------------------------------------------------------ tasks
+
+    def submit(self, pool: str, stage: str, task: Callable[[], None], sample: Sample, method: str, cells: Sequence[str]) -> None:
+        """Run ``task`` on ``pool``; anything it raises becomes an error on ``cells`` (the one place failures land)."""
+
+        def guarded() -> None:
+            if self.stopping.is_set():
+                return
+            started = time.perf_counter()
+            try:
+                task()
+            except Exception as error:  # noqa: BLE001 - any failure is a failed cell, never a lost one
+                self._record_errors(sample, method, cells, error)
+            finally:
+                with self.lock:
+                    self.stage_seconds[stage] += time.perf_counter() - started
+                    self.bars[stage].update(1)
+
+        with self.lock:
+            self.bars[stage].total += 1
+            self.bars[stage].refresh()
+            self.futures.append(self.pools[pool].submit(guarded))
 
     def start(self) -> None:
-        self.metric_thread.start()
-        for name, method in self.methods.items():
-            pool = ThreadPoolExecutor(max(1, method.concurrency), thread_name_prefix=f"method-{name}")
-            self.pools.append(pool)
+        for name in self.methods:
             for sample in self.bench_set.samples:
-                output = self.out / "outputs" / name / f"{sample.name}.png"
-                if output.exists():
-                    self._scored_later(sample, name, output)
-                else:
-                    self._add_pending("generate")
-                    pool.submit(self._generate, method, sample, output)
+                self.submit(f"method {name}", "generate", lambda s=sample, n=name: self._unit(s, n), sample, name, ["generate"])
 
-    def _generate(self, method: Method, sample: Sample, output: Path) -> None:
-        started = time.perf_counter()
-        try:
-            image = method.run(sample)
-            with Image.open(self.out / "inputs" / "source" / f"{sample.name}.png") as source:
-                expected = source.size  # header only: the copy has its orientation baked in
-            if image.mode != "RGB" or image.size != expected:
-                raise ValueError(f"returned a {image.mode} image of {image.size}, expected RGB of {expected}")
-            write_png(image, output, compress_level=1)
-        except Exception as error:  # one failed sample must not stop the run: it is recorded and retried next time
-            self._record_error(sample, method.name, "generate", error)
-        else:
-            self.results.update(sample.name, method.name, lambda r: r["errors"].pop("generate", None))
-            self._scored_later(sample, method.name, output)
-        finally:
-            self._finish("generate", started)
+    def wait(self) -> None:
+        """Until every task submitted (including those submitted by tasks) has finished."""
+        while True:
+            with self.lock:
+                pending = [future for future in self.futures if not future.done()]
+            if not pending:
+                return
+            wait(pending, timeout=0.5)  # a timeout keeps the main thread responsive to Ctrl-C
 
-    def _scored_later(self, sample: Sample, method: str, output: Path) -> None:
-        """Queue the metrics and judge calls this output still lacks."""
+    def stop(self) -> None:
+        """Ctrl-C: queued tasks are dropped, running ones finish on their own without holding the process."""
+        self.stopping.set()
+        for pool in self.pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _unit(self, sample: Sample, method: str) -> None:
+        """Generate ``sample``'s output under the current settings if it lacks one, then queue its missing scores."""
+        output = self.out / "outputs" / method / f"{sample.name}.png"
+        key = self.keys["methods"][method]
         record = self.results.record(sample.name, method)
-        if record["output"] is None:
-            self.results.update(sample.name, method, lambda r: r.__setitem__("output", output.relative_to(self.out).as_posix()))
-        missing = [name for name in self.metrics if record["metrics"].get(name) is None]
-        if missing:
-            self._add_pending("metrics")
-            self.metric_queue.put((sample, method))
-        for column, judge in self.judges.items():
-            done = record["reward"] if column == "reward" else record["scores"].get(column)
-            if done is None:
-                self._add_pending("judge")
-                self._judge(judge, column, sample, method, output)
-
-    def _judge(self, judge, column: str, sample: Sample, method: str, output: Path) -> None:
-        from seminft_bench.vlm import Pair
-
-        started = time.perf_counter()
-        reference = self.out / "inputs" / "reference" / f"{sample.name}.png"
-        future = judge.submit(Pair(f"{method}/{sample.name}", reference, output))
-
-        def record(done: Future) -> None:
-            try:
-                judgement = done.result()
-                score, reasoning, error = judgement.score, judgement.reasoning, judgement.error
-            except Exception as failure:  # noqa: BLE001 - a crashed call is a failed cell
-                score, reasoning, error = None, None, _message(failure)
-
-            def change(r: dict) -> None:
-                if column == "reward":
-                    r["reward"] = score
-                else:
-                    r["scores"][column] = score
-                    if reasoning:
-                        r["reasoning"][column] = reasoning
-                if error:
-                    r["errors"][f"judge:{column}"] = error
-                else:
-                    r["errors"].pop(f"judge:{column}", None)
-
-            self.results.update(sample.name, method, change)
-            self._finish("judge", started)
-
-        future.add_done_callback(record)
-
-    def _metrics_worker(self) -> None:
-        suites: dict[str, MetricSuite] = {}
-        while (item := self.metric_queue.get()) is not None:
-            sample, method = item
-            started = time.perf_counter()
+        if not (output.exists() and record["keys"].get("generate") == key):
+            self._generate(sample, method, output, key)
             record = self.results.record(sample.name, method)
-            missing = [n for n in self.metrics if record["metrics"].get(n) is None and f"metric {n}" not in self.not_computed]
-            if missing:
-                self._compute_metrics(suites, missing, sample, method)
-            self._finish("metrics", started)
+        missing = [name for name in self.metrics if not self._valid(record, method, f"metric:{name}")]
+        if missing:
+            cells = [f"metric:{name}" for name in missing]
+            self.submit("metrics", "metrics", lambda: self._score_metrics(sample, method, missing), sample, method, cells)
+        for column in self.judges:
+            if not self._valid(record, method, f"judge:{column}"):
+                task = lambda c=column: self._judge(sample, method, c)  # noqa: E731
+                self.submit(f"judge {column}", "judge", task, sample, method, [f"judge:{column}"])
 
-    def _compute_metrics(self, suites: dict[str, MetricSuite], names: list[str], sample: Sample, method: str) -> None:
-        """Each metric in ``names`` for one output; every image is decoded once for all of them."""
-        images: dict[str, object] = {}
-        for name in names:
-            role = COMPARED_WITH[name]
+    def _valid(self, record: dict, method: str, cell: str) -> bool:
+        return record["keys"].get(cell) == cell_key(self.keys, method, cell) and cell not in record["errors"]
+
+    def _generate(self, sample: Sample, method: str, output: Path, key: str) -> None:
+        image = self.methods[method].run(sample)
+        with Image.open(self.out / "inputs" / "source" / f"{sample.name}.png") as source:
+            expected = source.size  # header only: the copy has its orientation baked in
+        if not isinstance(image, Image.Image) or image.mode != "RGB" or image.size != expected:
+            got = f"a {image.mode} image of {image.size}" if isinstance(image, Image.Image) else type(image).__name__
+            raise ValueError(f"returned {got}, expected an RGB image of {expected}")
+        write_png(image, output, compress_level=1)
+        relative = output.relative_to(self.out).as_posix()
+
+        def fresh(record: dict) -> None:  # a new output: every score of the old one is void
+            record.update(output=relative, scores={}, reasoning={}, reward=None, metrics={}, errors={}, keys={"generate": key})
+
+        self.results.update(sample.name, method, fresh)
+
+    def _score_metrics(self, sample: Sample, method: str, names: list[str]) -> None:
+        """Each metric of ``names`` for one output; every image is decoded once, each metric fails on its own."""
+        pred = read_image(self.out / "outputs" / method / f"{sample.name}.png")
+        images: dict[str, Image.Image] = {}
+        values: dict[str, object] = {}
+        for name in with_dependencies(names):
+            metric = get_metric(name)
+            if f"metric {name}" in self.not_computed:
+                continue
             try:
-                if "pred" not in images:
-                    images["pred"] = read_image(self.out / "outputs" / method / f"{sample.name}.png")
-                if role not in images:
-                    images[role] = sample.image(role)
-                suite = suites.setdefault(
-                    name, MetricSuite([name], dino_threshold=self.options.dino_threshold, device=self.options.device)
-                )
-                values = suite(images["pred"], **{role: images[role]})
+                if metric.uses is not None:
+                    if metric.uses not in values:
+                        if f"metric {metric.uses}" in self.not_computed:
+                            self._skip(f"metric {name}", f"needs {metric.uses}, which is not computed")
+                            continue
+                        raise ValueError(f"needs {metric.uses}, which failed")
+                    value = metric.compute(values[metric.uses], None, self.metric_settings)
+                else:
+                    role = metric.compared_with
+                    if role not in images:
+                        images[role] = sample.image(role)
+                    value = metric.compute(pred, images[role], self.metric_settings)
             except MissingWeightsError as error:
                 self._skip(f"metric {name}", str(error))
                 continue
-            except (ImageReadError, ValueError, RuntimeError) as error:
-                self._record_error(sample, method, f"metric:{name}", error)
+            except Exception as error:  # noqa: BLE001 - recorded on this metric's cell only
+                self._record_errors(sample, method, [f"metric:{name}"], error)
                 continue
+            values[name] = value
+            cell, key = f"metric:{name}", cell_key(self.keys, method, f"metric:{name}")
 
-            def change(r: dict, values=values, name=name) -> None:
-                for key, value in values.items():
-                    r["metrics"][key] = _plain(value[0])
-                r["errors"].pop(f"metric:{name}", None)
+            def change(r: dict, name=name, value=value, cell=cell, key=key) -> None:
+                r["metrics"][name] = _plain(value)
+                r["keys"][cell] = key
+                r["errors"].pop(cell, None)
 
-            self.results.update(sample.name, method, change)
+            if name in names:
+                self.results.update(sample.name, method, change)
+
+    def _judge(self, sample: Sample, method: str, column: str) -> None:
+        from seminft_bench.vlm import Pair
+
+        reference = self.out / "inputs" / "reference" / f"{sample.name}.png"
+        output = self.out / "outputs" / method / f"{sample.name}.png"
+        judgement = self.judges[column].score_pairs([Pair(f"{method}/{sample.name}", reference, output)])[0]
+        cell, key = f"judge:{column}", cell_key(self.keys, method, f"judge:{column}")
+
+        def change(r: dict) -> None:
+            if column == REWARD:
+                r["reward"] = judgement.score
+            else:
+                r["scores"][column] = judgement.score
+                r["reasoning"].pop(column, None)
+                if judgement.reasoning:
+                    r["reasoning"][column] = judgement.reasoning
+            if judgement.error is not None:
+                r["errors"][cell] = judgement.error
+                r["keys"].pop(cell, None)
+            else:
+                r["errors"].pop(cell, None)
+                r["keys"][cell] = key
+
+        self.results.update(sample.name, method, change)
 
     # ------------------------------------------------------------------ book-keeping
 
-    def _record_error(self, sample: Sample, method: str, cell: str, error: BaseException) -> None:
+    def _record_errors(self, sample: Sample, method: str, cells: Sequence[str], error: BaseException) -> None:
         message = _message(error)
-        self.results.update(sample.name, method, lambda r: r["errors"].__setitem__(cell, message))
 
-    def _add_pending(self, stage: str) -> None:
-        with self.done:
-            self.pending += 1
-            self.bars[stage].total += 1
-            self.bars[stage].refresh()
+        def change(r: dict) -> None:
+            for cell in cells:
+                r["errors"][cell] = message
+                r["keys"].pop(cell, None)
 
-    def _finish(self, stage: str, started: float) -> None:
-        with self.done:
-            self.stage_seconds[stage] += time.perf_counter() - started
-            self.bars[stage].update(1)
-            self.pending -= 1
-            self.done.notify_all()
-
-    def wait(self) -> None:
-        with self.done:
-            while self.pending:
-                self.done.wait()
+        try:
+            self.results.update(sample.name, method, change)
+        except Exception as failure:  # noqa: BLE001 - the store itself failed (disk full): keep counting
+            with self.lock:
+                self.unrecorded += [f"{method}/{sample.name} {cell}: {message} (not saved: {_message(failure)})" for cell in cells]
 
     def summary(self, started: float) -> RunSummary:
-        names = {sample.name for sample in self.bench_set.samples}
-        records = [r for (sample, _), r in self.results.records.items() if sample in names]
+        failed = 0
+        for sample in self.bench_set.samples:
+            for method in self.methods:
+                record = self.results.records.get((sample.name, method))
+                failed += 0 if record is None else len(self._current_errors(record))
+        for line in self.unrecorded:
+            self.log(f"failed and not saved: {line}")
         return RunSummary(
             out=self.out,
             samples=len(self.bench_set.samples),
-            cells=len(records),
-            failed=sum(len(r["errors"]) for r in records),
+            cells=sum((s.name, m) in self.results.records for s in self.bench_set.samples for m in self.methods),
+            failed=failed + len(self.unrecorded),
             not_computed=dict(self.not_computed),
             seconds=time.perf_counter() - started,
             stage_seconds=dict(self.stage_seconds),
+            interrupted=self.stopping.is_set(),
         )
+
+    def _current_errors(self, record: dict) -> list[str]:
+        """The errors of cells this run asks for (an old judge's failure no longer counts)."""
+        cells = {"generate", *(f"metric:{n}" for n in self.metrics), *(f"judge:{c}" for c in self.judges)}
+        return [cell for cell in record["errors"] if cell in cells]
 
     def __enter__(self) -> _Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for pool in self.pools:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self.metric_queue.put(None)
-        if self.metric_thread.is_alive():
-            self.metric_thread.join()
-        for judge in self.judges.values():
-            judge.close()
-        for method in self.methods.values():
-            method.close()
+        interrupted = self.stopping.is_set()
+        for pool in self.pools.values():
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+        if not interrupted:  # closing waits for calls in flight; after Ctrl-C the process is leaving anyway
+            for judge in self.judges.values():
+                judge.close()
+            for method in self.methods.values():
+                method.close()
         for bar in self.bars.values():
             bar.close()
+        self.results.close()
         self.results.compact()
         self._write_costs()
         self._write_run_info()
-        if self.cache is not None:
+        if self.cache is not None and not interrupted:
             self.cache.close()
 
     def _write_costs(self) -> None:
@@ -373,23 +545,24 @@ class _Run:
         self.ledger.write(self.out / "costs_last_run.json")
 
     def _write_run_info(self) -> None:
-        path = self.out / "run.json"
-        previous = json.loads(path.read_text()) if path.exists() else {}
         info = {
+            "identity": self.identity,
             "dataset": self.bench_set.name,
             "options": asdict(self.options),
             "samples": [sample.name for sample in self.bench_set.samples],
             "skipped": [asdict(s) for s in self.bench_set.skipped],
             "has_targets": self.bench_set.has_targets,
-            "methods": _merged(previous.get("methods", []), self.methods),
-            "judges": _merged(previous.get("judges", []), self.options.judges),
-            "reward": self.options.reward or previous.get("reward"),
-            "metrics": _merged(previous.get("metrics", []), self.metrics),
+            "methods": list(self.methods),
+            "judges": list(self.options.judges),  # as asked: those that could not run show as "not computed"
+            "reward": self.options.reward,
+            "metrics": with_dependencies(self.options.metrics),
             "dino_threshold": self.options.dino_threshold,
+            "settings": self.settings,
+            "keys": self.keys,
             "not_computed": self.not_computed,
             "stage_seconds": self.stage_seconds,
         }
-        atomic_write_text(path, json.dumps(info, indent=2, default=str))
+        atomic_write_text(self.out / "run.json", json.dumps(info, indent=2, default=str))
 
 
 def _open_cache(folder: str | None):
@@ -399,15 +572,15 @@ def _open_cache(folder: str | None):
     return ResponseCache(folder or default_cache_dir())
 
 
-def _merged(before: Sequence[str], now: Sequence[str]) -> list[str]:
-    """Names of earlier runs into this folder first, then new ones, each once: tables keep their column order."""
-    return list(dict.fromkeys([*before, *now]))
-
-
 def _message(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    """The error as one line, with the value of every key-like environment variable redacted."""
+    from seminft_bench.vlm.transport import redact
+
+    secrets = [value for name, value in os.environ.items() if _SECRET_NAME.search(name) and len(value) >= 8]
+    return redact(f"{type(error).__name__}: {error}", tuple(secrets))
 
 
 def _plain(value: object) -> float | bool:
-    """A numpy scalar as the JSON-safe Python value."""
-    return value.item() if isinstance(value, np.generic) else value
+    """A metric's one value (a numpy scalar or 1-element array) as the JSON-safe Python value."""
+    array = np.asarray(value)
+    return array.reshape(-1)[0].item() if array.size == 1 else array.tolist()

@@ -1,4 +1,10 @@
-"""Uncertainty and agreement for the tables: bootstrap and Wilson intervals, Spearman's ρ."""
+"""Uncertainty and agreement for the tables: paired bootstrap and Wilson intervals, Spearman's ρ, Kendall's τ.
+
+Methods are compared on the same samples, so their intervals come from one paired bootstrap:
+each replicate resamples sample ids once and takes every method's mean over the same draw
+(what ``scipy.stats.bootstrap(..., paired=True)`` does). Percentiles are read without
+interpolation ("inverted_cdf") so an infinite PSNR (identical images) stays inf, never NaN.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +34,34 @@ def bootstrap_mean(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES
     x = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if x.size == 0:
         return None
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    # No interpolation between resampled means: an infinite PSNR (identical images) stays inf, not NaN.
-    low, high = np.quantile(means, [0.025, 0.975], method="inverted_cdf")
-    return Estimate(float(x.mean()), float(low), float(high), int(x.size))
+    return paired_bootstrap(x[None], resamples, seed)[0]
+
+
+def paired_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[Estimate]:
+    """Per row of ``values`` (methods × samples, the same samples in every row) its mean and 95% interval,
+    from one bootstrap whose every replicate draws the sample ids once for all rows."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"expected a methods × samples array with at least one sample, got shape {x.shape}")
+    draws = np.random.default_rng(seed).integers(0, x.shape[1], size=(resamples, x.shape[1]))
+    with np.errstate(invalid="ignore"):
+        means = x[:, draws].mean(axis=2)  # rows × resamples
+    low, high = np.quantile(means, [0.025, 0.975], axis=1, method="inverted_cdf")
+    return [Estimate(float(m), float(lo), float(hi), x.shape[1]) for m, lo, hi in zip(x.mean(axis=1), low, high)]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Estimate:
+    """Mean of ``a − b`` over paired samples with its paired-bootstrap 95% interval.
+
+    An interval that excludes 0 says the two differ on these samples (at about the 5% level).
+    Pairs where both are infinite (two exact copies) differ by nothing and count as 0.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values must have one shape, got {a.shape} and {b.shape}")
+    with np.errstate(invalid="ignore"):
+        difference = np.where(a == b, 0.0, a - b)
+    return paired_bootstrap(difference[None], resamples, seed)[0]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -43,6 +72,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     rho = spearmanr(a, b).statistic
     return None if np.isnan(rho) else float(rho)
+
+
+def kendall(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's τ-b of two paired score lists (ties handled, as judges' integer scores need); None if undefined."""
+    from scipy.stats import kendalltau
+
+    if len(a) < 3:
+        return None
+    tau = kendalltau(a, b).statistic
+    return None if np.isnan(tau) else float(tau)
 
 
 def wilson_interval(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from seminft_bench.bench.metrics import DINO_MODEL, DINO_THRESHOLD, METRIC_NAMES
+from seminft_bench.bench.runner import DEFAULT_METRICS
 from seminft_bench.cli.common import fail, new_app
 
 app = new_app("Benchmark preset-transfer methods: run, score, report.")
@@ -24,8 +28,9 @@ def run_command(
     method: str = typer.Option(DEFAULT_METHODS, "--method", help="Comma-separated methods; predictions:DIR for an external method's outputs."),
     judges: str = typer.Option("gpt-4o,gemini-2.5-flash,qwen3-vl-32b", help="Comma-separated judges ('' for none)."),
     reward: str = typer.Option("qwen3-vl-8b", help="Reward model for the logit score ('' for none)."),
-    metrics: str = typer.Option("psnr,ssim,lpips,dists,dino", help="Comma-separated image metrics."),
-    out: Path = typer.Option(Path("bench_out"), help="Run folder; rerunning into it resumes."),
+    metrics: str = typer.Option(",".join(DEFAULT_METRICS), help=f"Comma-separated image metrics, of: {', '.join(METRIC_NAMES)}."),
+    out: Path = typer.Option(Path("bench_out"), help="Run folder of one dataset; rerunning into it resumes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Empty the run folder first (it holds another dataset's run)."),
     cache: Optional[Path] = typer.Option(None, help="API reply cache [default: $XDG_CACHE_HOME/seminft-bench/vlm]."),
     split: str = typer.Option("test", help="Split of a built dataset."),
     variant: Optional[str] = typer.Option(None, help="bw: greyscale sources (colourisation, paper §4.3)."),
@@ -34,27 +39,45 @@ def run_command(
     concurrency: int = typer.Option(16, min=1, help="API requests in flight per judge or API method."),
     config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
     device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
-    dino_threshold: float = typer.Option(0.7, help="DINO similarity above which an output keeps the source's content."),
+    dino_threshold: float = typer.Option(DINO_THRESHOLD, help="DINO similarity above which an output keeps the source's content."),
+    dino_model: str = typer.Option(DINO_MODEL, help="DINO model (Hugging Face id in the local cache, or a folder)."),
 ) -> None:
-    """Run methods on a set, score every output, and write results.jsonl plus the reports."""
+    """Run methods on a set, score every output, and write results.jsonl plus the reports.
+
+    Exits 1 when cells failed (their errors are in results.jsonl and the report; rerun to retry
+    them) and 130 on Ctrl-C (rerun the same command to resume).
+    """
     from seminft_bench.bench.runner import RunOptions, run_benchmark
+    from seminft_bench.fileio import FolderLocked
     from seminft_bench.imaging import ImageReadError
 
     options = RunOptions(
         dataset=dataset, methods=_names(method), judges=_names(judges), reward=reward or None,
         metrics=_names(metrics), split=split, variant=variant, skip_bad=skip_bad, limit=limit,
         concurrency=concurrency, cache=str(cache) if cache else None, judge_config=str(config) if config else None,
-        device=device, dino_threshold=dino_threshold,
+        device=device, dino_threshold=dino_threshold, dino_model=dino_model, overwrite=overwrite,
     )
     try:
         summary = run_benchmark(out, options, log=lambda line: typer.echo(line, err=True))
-    except (ValueError, FileNotFoundError, ImageReadError) as error:
+    except (ValueError, FileNotFoundError, ImageReadError, FolderLocked) as error:
         fail(error)
+    except KeyboardInterrupt:
+        typer.echo(f"\ninterrupted: everything finished so far is kept in {out}; rerun the same command to resume", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # calls still in flight hold threads that would keep the process alive: leave now
     typer.echo(
         f"{summary.samples} samples, {summary.cells} (sample, method) records, {summary.failed} failed cells "
         f"in {summary.seconds:.1f} s"
     )
     typer.echo(f"report: {out / 'report.html'}")
+    if summary.failed:
+        typer.echo(
+            f"{summary.failed} cells failed: their errors are in {out / 'results.jsonl'} (\"errors\") and the report; "
+            "rerun the same command to retry them",
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("report")

@@ -1,16 +1,16 @@
 """Score a folder of outputs against a folder of references (``seminft-bench judge``).
 
 Pairs are matched by file stem. Results go to a JSON-lines file, one line per pair
-and judge; each line is appended and fsynced as soon as its pair is done, so a killed
-run loses nothing it finished, and a rerun skips every pair that already has a score
-(failures are asked again). When the run ends the file is rewritten atomically with
-the latest line per pair, sorted. The cost ledger lands beside it as
+and judge, kept as the benchmark's results are (`seminft_bench.fileio.JsonLines`): each
+line is appended and fsynced as soon as its pair is done, a torn line a kill left is
+dropped when the file is opened, so any number of kills loses nothing finished, and a
+rerun skips every pair that already has a score (failures are asked again). When the
+run ends the file is rewritten atomically with the latest line per pair, sorted. The cost ledger lands beside it as
 ``<results>.costs.json``, added to what earlier runs spent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import as_completed
 from dataclasses import dataclass
@@ -18,11 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from seminft_bench.fileio import atomic_write_text
+from seminft_bench.fileio import JsonLines
 from seminft_bench.imaging import IMAGE_SUFFIXES
 from seminft_bench.vlm.costs import CostLedger
 from seminft_bench.vlm.judge import Judge, Pair
-
 
 
 @dataclass
@@ -73,25 +72,22 @@ def judge_folders(
     pairs, unmatched = pairs_by_stem(references, predictions)
     if not pairs:
         raise ValueError(f"no image in {predictions} has a reference of the same name in {references}")
-    results = Path(results)
-    records = _compact(results)  # also drops a line a killed run left half-written
+    store = JsonLines(results)
+    records = _compact(store)  # also drops a line a killed run left half-written
     done = {key for key, record in records.items() if record["error"] is None}  # keys: (judge, mode, name)
     todo = [pair for pair in pairs if (judge.name, judge.mode, pair.name) not in done]
     failed = 0
     try:
-        bar = tqdm(total=len(todo), disable=not progress, unit="pair")
-        with open(results, "a", encoding="utf-8") as out, bar:
+        with tqdm(total=len(todo), disable=not progress, unit="pair") as bar:
             for future in as_completed([judge.submit(pair) for pair in todo]):
                 judgement = future.result()
-                out.write(json.dumps(judgement.to_record(), ensure_ascii=False) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
+                store.append(judgement.to_record())
                 failed += judgement.error is not None
                 bar.update()
                 bar.set_postfix(failed=failed)
     finally:
         judge.close()
-        _compact(results)
+        _compact(store)
         costs = costs_path_for(results)
         total = CostLedger.read(costs, judge.ledger.prices) if costs.exists() else CostLedger(judge.ledger.prices)
         total.add(judge.ledger)
@@ -99,17 +95,10 @@ def judge_folders(
     return BatchSummary(len(pairs), len(pairs) - len(todo), len(todo) - failed, failed, unmatched, judge.ledger, costs)
 
 
-def _compact(results: Path) -> dict[tuple[str, str, str], dict]:
+def _compact(store: JsonLines) -> dict[tuple[str, str, str], dict]:
     """Keep the last complete line per (judge, mode, name), sorted; rewrite the file atomically."""
-    if not results.exists():
-        return {}
-    records: dict[tuple[str, str, str], dict] = {}
-    for line in results.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        records[(record["judge"], record["mode"], record["name"])] = record
+    records = {(r["judge"], r["mode"], r["name"]): r for r in store.read() if {"judge", "mode", "name"} <= r.keys()}
     ordered = dict(sorted(records.items()))
-    atomic_write_text(results, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered.values()))
+    if store.path.exists():
+        store.rewrite(list(ordered.values()))
     return ordered

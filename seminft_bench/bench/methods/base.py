@@ -41,6 +41,8 @@ class Method(ABC):
 
     name: str = ""
     concurrency: int = 1
+    version: str = "1"
+    """Bump when a change of code changes this method's outputs: its old outputs are then made again."""
 
     @abstractmethod
     def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
@@ -48,6 +50,14 @@ class Method(ABC):
 
     def run(self, sample: Sample) -> Image.Image:
         return self.transfer(sample.image("source"), sample.image("reference"))
+
+    def settings(self) -> dict:
+        """What determines this method's output besides the sample (hashed into the key of every cell it feeds).
+
+        Methods with options extend it with each one that changes an output: model id or path,
+        LoRA file hashes, steps, seed, prompt. Never put run-time knobs (concurrency) here.
+        """
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "version": self.version}
 
     def prepare(self, bench_set: BenchSet) -> None:
         """Raise `MethodUnavailable` when this method cannot run on ``bench_set`` at all."""

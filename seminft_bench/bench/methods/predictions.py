@@ -12,7 +12,6 @@ from seminft_bench.bench.samples import BenchSet, Sample
 from seminft_bench.imaging import IMAGE_SUFFIXES, read_image
 
 
-
 class Predictions(Method):
     """One image per sample, named by the sample's stem; the method is named after the folder.
 
@@ -26,6 +25,11 @@ class Predictions(Method):
             raise MethodUnavailable(f"predictions: {self.folder} is not a folder of images")
         self.name = self.folder.name
         self.files = {path.stem: path for path in sorted(self.folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES}
+
+    def settings(self) -> dict:
+        """The folder and each file's name, size and modification time: a changed prediction is read again."""
+        files = {stem: [path.name, *_stat(path)] for stem, path in self.files.items()}
+        return {**super().settings(), "folder": str(self.folder.resolve()), "files": files}
 
     def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
         raise MethodUnavailable("predictions are looked up by sample name; call run(sample)")
@@ -41,3 +45,8 @@ class Predictions(Method):
         output = read_image(path)
         size = sample.image("source").size
         return output if output.size == size else output.resize(size, Image.Resampling.LANCZOS)
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
