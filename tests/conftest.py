@@ -26,6 +26,21 @@ def _import_colour_cleanly() -> None:
 _import_colour_cleanly()
 
 
+@pytest.fixture(scope="session")
+def tiny_dino(tmp_path_factory):
+    """A random 2-layer ViT and its processor, saved as a DINO model folder would be."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = tmp_path_factory.mktemp("tiny_dino")
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def load_hf(tmp_path_factory):
     """``datasets.load_dataset`` on a folder with a cache of its own: the shared cache keys local

@@ -12,10 +12,9 @@ import torch
 import torchvision
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
 from seminft_bench.bench import metrics
-from seminft_bench.bench.metrics import MetricSuite, MissingWeightsError
+from seminft_bench.bench.metrics import MissingWeightsError
 
 PHOTOS = ["astronaut", "chelsea", "coffee"]  # 512×512, 451×300 (odd width), 600×400
 
@@ -233,19 +232,6 @@ def test_missing_weights_name_the_file_and_where_it_goes(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- DINO success ratio
 
 
-@pytest.fixture(scope="module")
-def tiny_dino(tmp_path_factory):
-    """A random 2-layer ViT and its processor, saved as a model folder would be."""
-    folder = tmp_path_factory.mktemp("tiny_dino")
-    torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-    )
-    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return str(folder)
-
-
 def test_dino_similarity_is_one_for_identical_images_and_batches_match(tiny_dino):
     photo, other = skimage.data.chelsea(), skimage.data.coffee()[:300, :451]
     assert metrics.dino_similarity(photo, photo, model=tiny_dino) == pytest.approx(1.0, abs=1e-5)
@@ -271,17 +257,25 @@ def test_missing_dino_model_names_it_and_the_cache(tmp_path):
 # ---------------------------------------------------------------- the suite
 
 
-def test_metric_suite_reports_each_metric_per_pair(tiny_dino):
+def test_compute_metrics_reports_each_metric_per_pair_and_what_they_use(tiny_dino):
     preds, targets = pairs(3, size=(48, 40))
-    suite = MetricSuite(names=("psnr", "ssim", "dino"), dino_model=tiny_dino, dino_threshold=0.999)
-    results = suite(preds, targets, source=targets)
-    assert set(results) == {"psnr", "ssim", "dino", "dino_success"}
+    settings = metrics.MetricSettings(dino_model=tiny_dino, dino_threshold=0.999)
+    results = metrics.compute_metrics(("psnr", "ssim", "success"), preds, {"target": targets, "source": targets}, settings)
+    assert set(results) == {"psnr", "ssim", "dino", "success"}  # success is computed from dino
     np.testing.assert_allclose(results["ssim"], metrics.ssim(preds, targets))
     np.testing.assert_allclose(results["dino"], metrics.dino_similarity(targets, preds, model=tiny_dino))
-    np.testing.assert_array_equal(results["dino_success"], results["dino"] > 0.999)
-    assert suite(preds[0], targets[0], source=targets[0])["psnr"].shape == (1,)
-    assert suite.settings()["dino_threshold"] == 0.999
+    np.testing.assert_array_equal(results["success"], results["dino"] > 0.999)
+    assert metrics.compute_metrics(("psnr",), preds[0], {"target": targets[0]})["psnr"].shape == (1,)
     with pytest.raises(ValueError, match="'dino' needs source"):
-        suite(preds, targets)
-    with pytest.raises(ValueError, match="unknown metrics"):
-        MetricSuite(names=("psnr", "fid"))
+        metrics.compute_metrics(("success",), preds, {"target": targets}, settings)
+    with pytest.raises(ValueError, match="unknown metric 'fid'"):
+        metrics.compute_metrics(("psnr", "fid"), preds, {"target": targets})
+
+
+def test_metric_settings_key_only_what_changes_a_metric():
+    base, other = metrics.MetricSettings(), metrics.MetricSettings(dino_threshold=0.5, device="cpu")
+    assert metrics.METRICS["success"].settings(base) != metrics.METRICS["success"].settings(other)
+    assert metrics.METRICS["dino"].settings(base) == metrics.METRICS["dino"].settings(other)  # the threshold is not DINO's
+    assert metrics.METRICS["psnr"].settings(base) == metrics.METRICS["psnr"].settings(other)  # nor is the device
+    weight_free = {name for name, metric in metrics.METRICS.items() if metric.weights is None}
+    assert {"psnr", "ssim", "color", "structure"} <= weight_free and "lpips" not in weight_free

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from seminft_bench.colorstats import colour_distance
 from seminft_bench.pipelines import pairing
 from seminft_bench.pipelines.pairing import (
     ImageInfo,
     Pair,
     PairingRules,
-    colour_distance,
     describe_images,
     is_duplicate,
     pair_references,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from seminft_bench.pipelines.splits import colour_features, representative_split
+from seminft_bench.colorstats import colour_features
+from seminft_bench.pipelines.splits import representative_split
 
 
 def _tinted(photo: np.ndarray, tint: tuple[float, float, float]) -> np.ndarray:

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from seminft_bench.colorstats import colour_distance, colour_features, mean_chroma
 from seminft_bench.fileio import atomic_write_bytes
 from seminft_bench.imaging import ImageReadError, read_image
 from seminft_bench.pipelines.executors import run_units
-from seminft_bench.pipelines.splits import colour_features
 
 DESCRIBE_SIDE = 256  # thumbnail long side for hashing and colour statistics; both look at 64 px or less
 GREYSCALE_MAX_CHROMA = 3.0
@@ -135,26 +135,9 @@ def _describe_one(unit: tuple[int, str], root: Path | None) -> tuple[int, ImageI
         height=height,
         phash=int(str(imagehash.phash(image, hash_size=8)), 16),
         colour=colour_features([pixels])[0],
-        greyscale=_mean_chroma(pixels) < GREYSCALE_MAX_CHROMA,
+        greyscale=mean_chroma(pixels) < GREYSCALE_MAX_CHROMA,
     )
     return index, info
-
-
-def _mean_chroma(rgb: np.ndarray) -> float:
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(rgb)
-    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
-
-
-def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """How differently two photos are graded: the Euclidean distance of their `colour_features`.
-
-    The vectors hold CIELAB mean and standard deviation (/100) and two square-rooted histograms
-    (L* tone, joint a*b* cast), so the distance mixes exposure/contrast shifts with Hellinger
-    distances between tone and colour distributions; each histogram block contributes at most √2.
-    """
-    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
 
 
 def quality_problem(info: ImageInfo, rules: PairingRules) -> str | None:

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seminft_bench.colorstats import colour_features
 from seminft_bench.imaging import encode_png
 from seminft_bench.pipelines.frames import sample_frame_pairs
-from seminft_bench.pipelines.splits import colour_features
 from seminft_bench.pipelines.videos import Rejection, VideoEntry, VideoReadError, open_video
 from seminft_bench.presets import PresetSource, apply_lut, preset_source
 

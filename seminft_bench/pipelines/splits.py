@@ -3,8 +3,8 @@
 The paper holds out 50 cold-start and 150 RL pairs "carefully selected" to be
 representative (§3.5). A random draw of that size misses small groups of looks; k-means
 with one cluster per held-out sample covers the feature space instead. Features are
-whatever describes a sample: `colour_features` for its grade, CLIP embeddings, or both
-concatenated.
+whatever describes a sample: `seminft_bench.colorstats.colour_features` for its grade, CLIP
+embeddings, or both concatenated.
 
 The k-means here is a few lines of numpy in float64 rather than faiss, so one seed gives one
 split whatever the thread count: OpenBLAS shares a matrix product between threads by blocks
@@ -13,48 +13,11 @@ of the output, never within one dot product (the tests compare 1 and 2 threads).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
-from PIL import Image
 
-from seminft_bench.imaging import from_array
-
-THUMBNAIL_SIDE = 64
-L_BINS = 8
-AB_BINS = 5  # odd, so neutral greys (a* = b* = 0) fill one central bin
-AB_LIMIT = 50.0  # a*, b* beyond ±50 (rare outside saturated colours) land in the edge bins
 MAX_ITERATIONS = 50
 RESTARTS = 4  # k-means++ starts; the best of a few avoids most poor local minima
 FIT_POINTS_PER_CLUSTER = 256
-
-
-def colour_features(images: Iterable[np.ndarray]) -> np.ndarray:
-    """Describe each image's grade as a float32 vector: ``[N, 39]`` (``[0, 39]`` for none).
-
-    Computed in CIELAB on a thumbnail (long side `THUMBNAIL_SIDE`, so image size barely
-    matters): the mean and standard deviation of L*, a*, b* divided by 100 (6 values), the
-    square roots of an `L_BINS`-bin L* histogram (tone curve) and of an `AB_BINS`² joint
-    a*b* histogram (colour casts and split toning). Square-rooted histograms have unit
-    length and Euclidean distances between them are Hellinger distances, so each block
-    lies within about unit length and none dominates. Each vector depends on its image
-    only, so features computed in chunks can be concatenated.
-    """
-    vectors = [_grade_vector(image) for image in images]
-    return np.stack(vectors) if vectors else np.zeros((0, 6 + L_BINS + AB_BINS**2), np.float32)
-
-
-def _grade_vector(image: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2lab
-
-    thumbnail = from_array(image)
-    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX)
-    lab = rgb2lab(np.asarray(thumbnail)).reshape(-1, 3)
-    tone, _ = np.histogram(lab[:, 0], bins=L_BINS, range=(0, 100))
-    a, b = np.clip(lab[:, 1:], -AB_LIMIT, AB_LIMIT).T
-    cast, _, _ = np.histogram2d(a, b, bins=AB_BINS, range=((-AB_LIMIT, AB_LIMIT), (-AB_LIMIT, AB_LIMIT)))
-    parts = [lab.mean(0) / 100, lab.std(0) / 100, np.sqrt(tone / len(lab)), np.sqrt(cast.ravel() / len(lab))]
-    return np.concatenate(parts).astype(np.float32)
 
 
 def representative_split(features: np.ndarray, count: int, seed: int) -> np.ndarray:
