@@ -215,3 +215,209 @@ def test_cli_runs_the_demo_set_and_rebuilds_the_report(tmp_path, monkeypatch):
     assert result.exit_code == 0 and (out / "report.html").exists()
     result = CliRunner().invoke(bench.app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no run.json" in result.output
+
+
+# ---------------------------------------------------------------- cells keyed by their settings
+
+
+class Tinted(Method):
+    """A method with one setting: how much it warms the source (part of its cells' key)."""
+
+    name = "tinted"
+    strength = 0.1
+
+    def settings(self):
+        return {**super().settings(), "strength": Tinted.strength}
+
+    def transfer(self, source, reference):
+        array = to_array(source, np.float32)
+        array[..., 0] = np.clip(array[..., 0] + Tinted.strength, 0, 1)
+        return Image.fromarray((array * 255).round().astype(np.uint8))
+
+
+def register(monkeypatch, name, cls):
+    monkeypatch.setitem(runner_module.REGISTRY, name, f"test_bench_runner:{cls.__name__}")
+
+
+def test_a_changed_method_setting_remakes_only_its_cells(tmp_path, server, bench_set, monkeypatch):
+    register(monkeypatch, "tinted", Tinted)
+    out = tmp_path / "run"
+    run = options(server, tmp_path, methods=["identity", "tinted"], metrics=["psnr"])
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    before = read_records(out / "results.jsonl")
+    server.reset_counts()
+
+    monkeypatch.setattr(Tinted, "strength", 0.3)
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    after = read_records(out / "results.jsonl")
+    assert server.calls == 2 * len(bench_set)  # tinted's judge and reward cells only: identity's are reused
+    for sample in bench_set.samples:
+        assert after[sample.name, "identity"] == before[sample.name, "identity"]
+        assert after[sample.name, "tinted"]["metrics"]["psnr"] < before[sample.name, "tinted"]["metrics"]["psnr"]
+        target = to_array(sample.image("target"), np.float32)
+        made = to_array(Image.open(out / after[sample.name, "tinted"]["output"]), np.float32)
+        independent = 10 * np.log10(1 / np.mean((made - target) ** 2))
+        assert after[sample.name, "tinted"]["metrics"]["psnr"] == pytest.approx(independent, abs=1e-4)
+
+
+def test_a_new_reward_model_or_judge_endpoint_recomputes_its_column(tmp_path, server, bench_set):
+    out = tmp_path / "run"
+    run_benchmark(out, options(server, tmp_path, metrics=[]), bench_set=bench_set, log=lambda line: None)
+    cells = len(bench_set) * len(METHODS)
+
+    def always(score):
+        return lambda seen: Answer(str(score), logprobs={str(score): 0.0}) if seen.reward else Answer(json.dumps({"score": score, "reasoning": "other"}))
+
+    with PlantedServer(always(1)) as other:
+        config = tmp_path / "other.toml"
+        config.write_text(
+            f'[judges.gpt-4o]\nbase_url = "{other.openai_url}"\n'  # same judge name and model, another endpoint
+            f'[judges.other-reward]\nprovider = "openai"\nmodel = "other"\nbase_url = "{other.openai_url}"\napi_key_env = ["OPENAI_API_KEY"]\n'
+        )
+        server.reset_counts()
+        run_benchmark(out, options(server, tmp_path, metrics=[], judge_config=str(config), reward="other-reward"), bench_set=bench_set, log=lambda line: None)
+        assert other.calls == 2 * cells and server.calls == 0  # never served from the first endpoint's replies
+    records = lines(out / "results.jsonl")
+    assert all(r["scores"]["gpt-4o"] == 1 and r["reward"] == pytest.approx(1.0) for r in records)
+    info = json.loads((out / "run.json").read_text())
+    assert info["reward"] == "other-reward" and info["settings"]["judges"]["gpt-4o"]["endpoint"].startswith(other.openai_url)
+    report = (out / "report.md").read_text()
+    assert "| identity | 1.000 [1.000, 1.000] | 0.200 [0.200, 0.200] |" in report  # judge 1, reward 1/5
+    assert "other-reward by Eq. 4" in report
+
+
+def test_a_new_dino_threshold_recomputes_success_and_the_report_uses_it(tmp_path, bench_set, tiny_dino):
+    out = tmp_path / "run"
+    base = dict(methods=["identity", "reference"], judges=[], reward=None, metrics=["success"], dino_model=tiny_dino)
+    run_benchmark(out, RunOptions(dino_threshold=0.0, **base), bench_set=bench_set, log=lambda line: None)
+    similarity = {k: r["metrics"]["dino"] for k, r in read_records(out / "results.jsonl").items()}
+    threshold = float(np.median(list(similarity.values())))
+    run_benchmark(out, RunOptions(dino_threshold=threshold, **base), bench_set=bench_set, log=lambda line: None)
+    records = read_records(out / "results.jsonl")
+    for key, record in records.items():
+        assert record["metrics"]["success"] == (similarity[key] > threshold)
+    reference_ratio = np.mean([similarity[s.name, "reference"] > threshold for s in bench_set.samples])
+    summary = {row[0]: row for row in (line.split(",") for line in (out / "summary.csv").read_text().splitlines())}
+    column = summary["method"].index("success_mean")
+    assert float(summary["reference"][column]) == pytest.approx(reference_ratio) and float(summary["identity"][column]) == 1
+    assert f"exceeds {threshold}" in (out / "report.md").read_text()
+
+
+def test_a_run_folder_belongs_to_one_dataset(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli import bench
+
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "demo", "--method", "identity", "--metrics", "psnr,ssim", "--judges", "", "--reward", "",
+            "--limit", "2", "--out", str(out), "--cache", str(tmp_path / "cache")]  # fmt: skip
+    assert CliRunner().invoke(bench.app, args).exit_code == 0
+    colour_psnr = read_records(out / "results.jsonl")
+    result = CliRunner().invoke(bench.app, [*args, "--variant", "bw"])
+    assert result.exit_code == 2 and "another dataset" in result.output and "--overwrite" in result.output
+    assert "'demo+bw' now" in result.output
+    assert read_records(out / "results.jsonl") == colour_psnr  # nothing touched
+
+    result = CliRunner().invoke(bench.app, [*args, "--variant", "bw", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    grey = read_records(out / "results.jsonl")
+    for key, record in grey.items():
+        assert record["metrics"]["psnr"] < colour_psnr[key]["metrics"]["psnr"]  # the grey source is further from the target
+    assert json.loads((out / "run.json").read_text())["dataset"] == "demo+bw"
+
+
+def test_a_sample_with_other_images_under_the_same_name_is_refused(tmp_path, bench_set):
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity"], judges=[], reward=None, metrics=["psnr"], cache=str(tmp_path / "cache"))
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    first = bench_set.samples[0]
+    changed = BenchSet("mini", [Sample(first.name, first.reference, first.source, first.target), *bench_set.samples[1:]])
+    with pytest.raises(runner_module.RunFolderError, match=r"1 sample\(s\) have other images than there: s0"):
+        run_benchmark(out, run, bench_set=changed, log=lambda line: None)
+
+
+def test_unknown_names_fail_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity", "nosuch"], judges=["gpt-5-judge"], reward=None, metrics=["psnr", "fid"])
+    with pytest.raises(ValueError) as error:
+        run_benchmark(out, run, log=lambda line: None)
+    assert all(name in str(error.value) for name in ("'nosuch'", "'gpt-5-judge'", "'fid'"))
+    assert not out.exists()
+
+
+def test_limit_into_a_larger_folder_reports_only_the_current_samples(tmp_path, bench_set):
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity", "reinhard"], judges=[], reward=None, metrics=["ssim"], cache=str(tmp_path / "cache"))
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    run_benchmark(out, run, bench_set=BenchSet("mini", bench_set.samples[:2]), log=lambda line: None)
+    csv_rows = (out / "summary.csv").read_text().splitlines()
+    assert csv_rows[1].startswith("identity,") and csv_rows[1].endswith(",2")  # n = 2, not 3
+    assert len(read_records(out / "results.jsonl")) == 6  # the third sample's records are kept, not reported
+
+
+# ---------------------------------------------------------------- a run always ends
+
+
+class NotAnImage(Method):
+    name = "not-an-image"
+
+    def transfer(self, source, reference):
+        return np.zeros((4, 4, 3))
+
+
+def raising_metric(error):
+    from seminft_bench.bench.metrics import Metric
+
+    def compute(pred, other, settings):
+        raise error
+
+    return Metric("psnr", "PSNR", "target", True, compute)
+
+
+@pytest.mark.timeout(120)
+def test_an_exception_in_any_stage_is_a_failed_cell_and_the_run_ends(tmp_path, server, bench_set, monkeypatch):
+    from seminft_bench.bench import metrics
+    from seminft_bench.vlm import Judge
+
+    register(monkeypatch, "not-an-image", NotAnImage)
+    monkeypatch.setitem(metrics.METRICS, "psnr", raising_metric(KeyError("psnr")))
+    real_score_pairs = Judge.score_pairs
+
+    def score_pairs(self, pairs):
+        pairs = list(pairs)
+        if self.mode == "reward" and pairs[0].name.endswith("/s1"):
+            raise RuntimeError(f"judge crashed with key {OPENAI_KEY}")
+        return real_score_pairs(self, pairs)
+
+    monkeypatch.setattr(Judge, "score_pairs", score_pairs)
+    out = tmp_path / "run"
+    run = options(server, tmp_path, methods=["identity", "not-an-image"], metrics=["psnr", "ssim"])
+    summary = run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+
+    records = read_records(out / "results.jsonl")
+    for sample in bench_set.samples:
+        identity = records[sample.name, "identity"]
+        assert identity["errors"]["metric:psnr"] == "KeyError: 'psnr'" and "metric:ssim" not in identity["errors"]
+        assert 0 < identity["metrics"]["ssim"] < 1  # the other metric of the same output still done
+        assert "returned ndarray" in records[sample.name, "not-an-image"]["errors"]["generate"]
+    crashed = records["s1", "identity"]["errors"]["judge:reward"]
+    assert "judge crashed" in crashed and OPENAI_KEY not in crashed  # redacted
+    assert summary.failed == 3 + 3 + 1
+    assert (out / "report.md").exists()
+
+
+def test_a_failed_write_is_counted_and_the_run_still_ends(tmp_path, bench_set, monkeypatch):
+    from seminft_bench.fileio import JsonLines
+
+    real_append = JsonLines.append
+
+    def append(self, record):
+        if record["method"] == "reinhard" and record["sample"] == "s2":
+            raise OSError(28, "No space left on device")
+        real_append(self, record)
+
+    monkeypatch.setattr(JsonLines, "append", append)
+    logged = []
+    run = RunOptions(methods=["identity", "reinhard"], judges=[], reward=None, metrics=["psnr"], cache=str(tmp_path / "cache"))
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=logged.append)
+    assert summary.failed == 1 and any("No space left" in line and "not saved" in line for line in logged)
