@@ -15,6 +15,7 @@ import pytest
 import skimage.data
 
 from seminft_bench.vlm import Judge, JudgeUnavailable, Pair, ResponseCache, RetryPolicy, Transport
+from seminft_bench.vlm.clients import OpenAIClient
 from seminft_bench.vlm.prompts import SYSTEM_PROMPT, build_prompt
 from seminft_bench.vlm.testserver import Answer, Drop, Fault, PlantedServer, Stall
 
@@ -252,3 +253,98 @@ def test_an_unreadable_image_fails_its_pair_only(tmp_path, keys):
         assert server.calls == 1
     assert results[0].score is None and "not an image" in results[0].error
     assert results[1].score == 3.0
+
+
+def test_reward_refuses_a_reply_with_little_mass_on_the_scores(tmp_path, keys):
+    def plan(seen, index, position):
+        if index == 0:
+            return Answer("I", logprobs={"I": -0.0001, "3": -14.0}, output_tokens=1)  # a refusal, not a 3
+        return Answer("3", logprobs={"3": math.log(0.3), "4": math.log(0.1), "I": math.log(0.6)}, output_tokens=1)
+
+    recorder = Recorder(plan)
+    with PlantedServer(recorder) as server:
+        strict = make_judge("gpt-4o", server, "openai_url", tmp_path / "a", reward=True).score_pairs(make_pairs(2))
+        lenient = make_judge("gpt-4o", server, "openai_url", tmp_path / "b", reward=True, min_mass=0.35)
+        loose = lenient.score_pairs(make_pairs(2))
+    assert strict[0].score is None and "below the minimum 0.5" in strict[0].error and strict[0].raw == "I"
+    assert strict[1].score is None and "probability 0.4, below the minimum 0.5" in strict[1].error
+    assert loose[0].score is None and loose[1].score == pytest.approx((3 * 0.3 + 4 * 0.1) / 0.4)
+    assert recorder.requests == {0: 6, 1: 4}  # refusals are retried (3 attempts), then recorded as failures
+
+
+def test_a_cached_reward_is_read_again_with_the_judges_min_mass(tmp_path, keys):
+    logprobs = {"2": math.log(0.4), "I": math.log(0.6)}
+    recorder = Recorder(lambda seen, index, position: Answer("2", logprobs=logprobs, output_tokens=1))
+    pairs = make_pairs(1)
+    with PlantedServer(recorder) as server:
+        [first] = make_judge("gpt-4o", server, "openai_url", tmp_path, reward=True, min_mass=0.3).score_pairs(pairs)
+        [strict] = make_judge("gpt-4o", server, "openai_url", tmp_path, reward=True).score_pairs(pairs)
+        [again] = make_judge("gpt-4o", server, "openai_url", tmp_path, reward=True, min_mass=0.3).score_pairs(pairs)
+    assert (first.score, first.cached) == (2.0, False)
+    assert strict.score is None and "below the minimum 0.5" in strict.error  # not the cached 2.0
+    assert (again.score, again.cached) == (2.0, True)
+    assert recorder.requests[0] == 1 + 3
+
+
+@pytest.mark.parametrize("name, key_env, url_attr, model", JUDGES)
+def test_one_model_id_at_two_endpoints_keeps_two_sets_of_replies(tmp_path, keys, name, key_env, url_attr, model):
+    first = Recorder(lambda seen, index, position: Answer('{"score": 1, "reasoning": "first server"}'))
+    second = Recorder(lambda seen, index, position: Answer('{"score": 4, "reasoning": "second server"}'))
+    cache = tmp_path / "shared-cache"
+    with PlantedServer(first, api_key=KEYS[key_env]) as one, PlantedServer(second, api_key=KEYS[key_env]) as two:
+        [at_one] = make_judge(name, one, url_attr, cache).score_pairs(make_pairs(1))
+        [at_two] = make_judge(name, two, url_attr, cache).score_pairs(make_pairs(1))
+        [at_one_again] = make_judge(name, one, url_attr, cache).score_pairs(make_pairs(1))
+    assert first.last.model == second.last.model == model
+    assert (at_one.score, at_one.cached) == (1.0, False)
+    assert (at_two.score, at_two.reasoning, at_two.cached) == (4.0, "second server", False)
+    assert (at_one_again.score, at_one_again.cached) == (1.0, True)
+    assert first.requests == {0: 1} and second.requests == {0: 1}
+
+
+def test_the_openai_endpoint_is_the_one_the_sdk_calls(keys, monkeypatch):
+    monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)
+    assert Judge.from_name("gpt-4o").settings()["endpoint"] == "https://api.openai.com/v1/"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://proxy.example:8000/v1")
+    assert Judge.from_name("gpt-4o").settings()["endpoint"] == "http://proxy.example:8000/v1/"
+    assert Judge.from_name("gemini-2.5-flash").settings()["endpoint"] == "https://generativelanguage.googleapis.com/"
+
+
+def settings_of(model="house-vlm", base_url="http://gpu-a:8000/v1", **options):
+    return Judge("house", OpenAIClient(model, api_key="EMPTY", base_url=base_url), **options).settings()
+
+
+def test_settings_name_everything_that_decides_a_score():
+    evaluation = settings_of()
+    assert json.loads(json.dumps(evaluation)) == evaluation == settings_of()
+    assert evaluation == {
+        "judge": "house",
+        "provider": "openai",
+        "model": "house-vlm",
+        "endpoint": "http://gpu-a:8000/v1/",
+        "template": build_prompt("evaluation").version,
+        "mode": "evaluation",
+        "params": {"mode": "evaluation", "max_tokens": 1024, "temperature": 0.0, "thinking_budget": 0},
+        "both_orders": False,
+        "max_side": 1024,
+    }
+    reward = settings_of(reward=True)
+    assert reward["mode"] == "reward" and reward["min_mass"] == 0.5
+    assert reward["params"] == {
+        "mode": "reward",
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "thinking_budget": 0,
+        "top_logprobs": 20,
+    }
+    variants = [
+        settings_of(base_url="http://gpu-b:8000/v1"),
+        settings_of(model="house-vlm-2"),
+        reward,
+        settings_of(reward=True, min_mass=0.3),
+        settings_of(both_orders=True),
+        settings_of(max_side=512),
+        settings_of(max_tokens=256),
+    ]
+    assert all(variant != evaluation for variant in variants)
+    assert len({json.dumps(variant, sort_keys=True) for variant in variants}) == len(variants)

@@ -109,7 +109,7 @@ def reference_reward(folder: str, device: str) -> float:
 def test_reward_is_eq4_from_one_forward_pass(tiny_qwen, monkeypatch):
     client = TransformersClient.from_pretrained(tiny_qwen, device="cpu")
     monkeypatch.setattr(client._model, "generate", lambda *a, **k: pytest.fail("reward mode must not generate"))
-    [result] = Judge("tiny-qwen", client, reward=True).score_pairs([pair()])
+    [result] = Judge("tiny-qwen", client, reward=True, min_mass=0.0).score_pairs([pair()])
     assert result.error is None and result.mode == "reward"
     assert result.score == pytest.approx(reference_reward(tiny_qwen, "cpu"), abs=1e-6)
     assert 0.0 < result.score < 5.0 and result.usage.output_tokens == 0
@@ -134,5 +134,5 @@ def test_missing_weights_name_the_fix(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_reward_on_gpu_matches_cpu(tiny_qwen):
     client = TransformersClient.from_pretrained(tiny_qwen, device="cuda", dtype=torch.float32)
-    [result] = Judge("tiny-qwen", client, reward=True).score_pairs([pair()])
+    [result] = Judge("tiny-qwen", client, reward=True, min_mass=0.0).score_pairs([pair()])
     assert result.score == pytest.approx(reference_reward(tiny_qwen, "cpu"), abs=1e-4)

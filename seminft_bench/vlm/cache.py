@@ -20,11 +20,27 @@ CACHE_FILE = "vlm_replies.sqlite3"
 
 
 def cache_key(
-    provider: str, model: str, template_version: str, images: Sequence[bytes], params: Mapping[str, object]
+    provider: str,
+    model: str,
+    template_version: str,
+    images: Sequence[bytes],
+    params: Mapping[str, object],
+    *,
+    endpoint: str | None = None,
 ) -> str:
-    """SHA-256 over everything that determines a reply: who answers, which prompt, which images in which order, how."""
+    """SHA-256 over everything that determines a reply: who answers, which prompt, which images in which order, how.
+
+    ``endpoint`` is where the model is served (a base URL, ``"local:…"``): two servers of one model
+    id may run other weights or settings, so each keeps its own replies.
+    """
     digest = hashlib.sha256()
-    header = {"provider": provider, "model": model, "template": template_version, "params": params}
+    header = {
+        "provider": provider,
+        "model": model,
+        "endpoint": endpoint,
+        "template": template_version,
+        "params": params,
+    }
     digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
     for image in images:
         digest.update(hashlib.sha256(image).digest())

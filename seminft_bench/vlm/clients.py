@@ -51,14 +51,21 @@ class Request:
     max_tokens: int
     temperature: float = 0.0
     top_logprobs: int = 20
+    thinking_budget: int = 0
+    """Gemini only: tokens it may think before answering (0: none; the evaluation reply carries its reasoning)."""
 
     @property
     def reward(self) -> bool:
         return self.prompt.mode == "reward"
 
     def params(self) -> dict[str, object]:
-        """The generation settings that change the reply (part of the cache key)."""
-        params = {"mode": self.prompt.mode, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        """Every generation setting a client sends (part of the cache key); ``top_logprobs`` only when asked for."""
+        params = {
+            "mode": self.prompt.mode,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "thinking_budget": self.thinking_budget,
+        }
         return {**params, "top_logprobs": self.top_logprobs} if self.reward else params
 
 
@@ -73,6 +80,7 @@ class Reply:
 class JudgeClient(Protocol):
     provider: str
     model: str
+    endpoint: str  # where replies come from: two servers of one model id answer apart (cache keys)
     secrets: tuple[str, ...]
 
     def complete(self, request: Request) -> Reply: ...
@@ -123,6 +131,13 @@ def openai_sdk(api_key: str, base_url: str | None, timeout: float):
     import openai
 
     return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+
+
+def sdk_endpoint(sdk) -> str:
+    """The base URL an openai or google-genai client really calls: its ``base_url``, else what the SDK's
+    environment variable (OPENAI_BASE_URL, GOOGLE_GEMINI_BASE_URL) or default made of None."""
+    api_client = getattr(sdk, "_api_client", None)  # google-genai keeps its resolved options there
+    return str(sdk.base_url if api_client is None else api_client._http_options.base_url)
 
 
 @contextmanager
@@ -180,6 +195,7 @@ class OpenAIClient:
         self.model = model
         self.secrets = (api_key,)
         self._client = openai_sdk(api_key, base_url, timeout)
+        self.endpoint = sdk_endpoint(self._client)
 
     def complete(self, request: Request) -> Reply:
         images = [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in request.images]
@@ -211,7 +227,7 @@ def _openai_usage(completion) -> Usage:
 
 
 class GeminiClient:
-    """``generateContent`` through google-genai; thinking is switched off (the reply carries its reasoning)."""
+    """``generateContent`` through google-genai, thinking as the request's ``thinking_budget`` (default: off)."""
 
     provider = "gemini"
 
@@ -219,6 +235,7 @@ class GeminiClient:
         self.model = model
         self.secrets = (api_key,)
         self._client = gemini_sdk(api_key, base_url, timeout)
+        self.endpoint = sdk_endpoint(self._client)
 
     def complete(self, request: Request) -> Reply:
         from google.genai import types
@@ -229,7 +246,7 @@ class GeminiClient:
             system_instruction=request.prompt.system,
             temperature=request.temperature,
             max_output_tokens=request.max_tokens,
-            thinking_config=types.ThinkingConfig(thinking_budget=0),
+            thinking_config=types.ThinkingConfig(thinking_budget=request.thinking_budget),
         )
         if request.reward:
             config.response_logprobs, config.logprobs = True, request.top_logprobs
@@ -269,6 +286,7 @@ class TransformersClient:
     def __init__(self, model, processor, model_id: str):
         """``model`` and ``processor`` as transformers loads them; ``model_id`` names them in cache keys."""
         self.model = model_id
+        self.endpoint = f"local:{str(model.dtype).removeprefix('torch.')}"  # bfloat16 and float32 answer apart
         self._model = model.eval()
         self._processor = processor
         self._score_token_ids = _score_token_ids(processor.tokenizer)

@@ -8,7 +8,8 @@ and the raw reply.
 
 Modes: ``reward=False`` asks for the evaluation form (JSON score + reasoning);
 ``reward=True`` asks for one number and scores it by Eq. 4 from the answer token's
-log-probabilities. ``both_orders=True`` asks a second time with the images swapped
+log-probabilities, refusing a reply whose score tokens carry less than ``min_mass`` of
+the probability. ``both_orders=True`` asks a second time with the images swapped
 (position bias) and reports both scores and their mean.
 """
 
@@ -32,7 +33,7 @@ from seminft_bench.vlm.clients import (
 )
 from seminft_bench.vlm.config import JudgeConfig, load_config
 from seminft_bench.vlm.costs import CostLedger, Usage
-from seminft_bench.vlm.parsing import ParseError, expected_score, parse_evaluation
+from seminft_bench.vlm.parsing import DEFAULT_MIN_MASS, ParseError, expected_score, parse_evaluation
 from seminft_bench.vlm.prompts import build_prompt
 from seminft_bench.vlm.transport import PermanentError, TransientError, Transport, redact
 
@@ -107,6 +108,7 @@ class Judge:
         both_orders: bool = False,
         max_side: int = DEFAULT_MAX_SIDE,
         max_tokens: int = EVALUATION_MAX_TOKENS,
+        min_mass: float = DEFAULT_MIN_MASS,
         cache: ResponseCache | None = None,
         ledger: CostLedger | None = None,
         transport: Transport | None = None,
@@ -118,6 +120,7 @@ class Judge:
         self.both_orders = both_orders
         self.max_side = max_side
         self.max_tokens = 1 if reward else max_tokens
+        self.min_mass = min_mass
         self.cache = cache
         self.ledger = ledger if ledger is not None else CostLedger()
         self.transport = transport if transport is not None else Transport()
@@ -145,6 +148,22 @@ class Judge:
         spec = config.spec(name)
         client = make_client(spec.served_at(base_url or spec.base_url), timeout=timeout, device=device)
         return cls(name, client, ledger=ledger if ledger is not None else CostLedger(config.prices), **options)
+
+    def settings(self) -> dict[str, object]:
+        """Everything that decides this judge's score for a pair, JSON-safe: a benchmark keys its results on it,
+        so that changing any of it scores again."""
+        settings = {
+            "judge": self.name,
+            "provider": self.client.provider,
+            "model": self.client.model,
+            "endpoint": self.client.endpoint,
+            "template": self.prompt.version,
+            "mode": self.mode,
+            "params": self._request(()).params(),
+            "both_orders": self.both_orders,
+            "max_side": self.max_side,
+        }
+        return {**settings, "min_mass": self.min_mass} if self.mode == "reward" else settings
 
     def submit(self, pair: Pair) -> Future[Judgement]:
         """Start judging ``pair`` in the background."""
@@ -199,13 +218,18 @@ class Judge:
             order_scores={order: answer.score for order, answer in answers.items()} if self.both_orders else None,
         )
 
+    def _request(self, images: tuple[bytes, ...]) -> Request:
+        return Request(self.prompt, images, max_tokens=self.max_tokens)
+
     def _ask(self, images: tuple[bytes, bytes]) -> _Answer:
-        request = Request(self.prompt, images, max_tokens=self.max_tokens)
-        key = cache_key(self.client.provider, self.client.model, self.prompt.version, images, request.params())
-        hit = self.cache.get(key) if self.cache is not None else None
+        request = self._request(images)
+        client = self.client
+        key = cache_key(
+            client.provider, client.model, self.prompt.version, images, request.params(), endpoint=client.endpoint
+        )
+        hit = self._cached(key)
         if hit is not None:
-            self.ledger.record_cached(self.name)
-            return _Answer(hit["score"], hit["reasoning"], None, hit["raw"], Usage(), cached=True)
+            return hit
 
         billed = Usage()
 
@@ -230,6 +254,19 @@ class Judge:
             self.cache.put(key, {**record, "top_logprobs": reply.top_logprobs})
         return _Answer(score, reasoning, None, reply.text, billed, cached=False)
 
+    def _cached(self, key: str) -> _Answer | None:
+        """The stored reply under ``key``, read again with today's parser and ``min_mass``; None when there is
+        none or it no longer reads (then it is asked again)."""
+        record = self.cache.get(key) if self.cache is not None else None
+        if record is None:
+            return None
+        try:
+            score, reasoning = self._read(Reply(record["raw"], Usage(), record["top_logprobs"]))
+        except ParseError:
+            return None
+        self.ledger.record_cached(self.name)
+        return _Answer(score, reasoning, None, record["raw"], Usage(), cached=True)
+
     def _read(self, reply: Reply) -> tuple[float, str | None]:
         if self.mode == "evaluation":
             evaluation = parse_evaluation(reply.text)
@@ -239,4 +276,4 @@ class Judge:
                 f"{self.name} returned no token log-probabilities; reward mode needs top_logprobs "
                 "(OpenAI, vLLM, SGLang, Gemini) or a local transformers model"
             )
-        return expected_score(reply.top_logprobs), None
+        return expected_score(reply.top_logprobs, min_mass=self.min_mass), None

@@ -40,6 +40,7 @@ from seminft_bench.vlm.clients import (
     gemini_usage,
     openai_errors,
     openai_sdk,
+    sdk_endpoint,
 )
 from seminft_bench.vlm.costs import CostLedger, Price, Usage
 from seminft_bench.vlm.prompts import Prompt
@@ -190,7 +191,8 @@ class _APIEditor(Method):
     def transfer(self, source: Image.Image, reference: Image.Image) -> Image.Image:
         images = (encode_image(source, self.max_side), encode_image(reference, self.max_side))
         params = self.params(source.size)
-        key = cache_key(self.provider, self.model, TEMPLATE_VERSION, images, params)
+        endpoint = sdk_endpoint(self._client)
+        key = cache_key(self.provider, self.model, TEMPLATE_VERSION, images, params, endpoint=endpoint)
 
         def draw() -> str:
             return base64.b64encode(self.generate(*images, params)).decode("ascii")
@@ -391,7 +393,8 @@ class QwenImageEdit(Method):
         if writer is None:
             return FIXED_INSTRUCTION
         request = Request(WRITER_PROMPT, (encode_image(source), encode_image(reference)), WRITER_MAX_TOKENS)
-        key = cache_key(writer.provider, writer.model, WRITER_PROMPT.version, request.images, request.params())
+        prompt, endpoint = WRITER_PROMPT.version, writer.endpoint
+        key = cache_key(writer.provider, writer.model, prompt, request.images, request.params(), endpoint=endpoint)
         return self.services.remember(key, writer.model, lambda: self._write(writer, request))
 
     def _write(self, writer: JudgeClient, request: Request) -> str:
