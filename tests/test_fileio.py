@@ -1,0 +1,79 @@
+"""Durable files: the JSON-lines store survives torn writes in any number, the folder lock admits one writer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seminft_bench.bench.results import ResultsFile, read_records
+from seminft_bench.fileio import FolderLock, FolderLocked, JsonLines
+
+
+def record(sample, n):
+    return {"sample": sample, "method": "m", "metrics": {"psnr": n}}
+
+
+def test_torn_lines_anywhere_are_dropped_and_the_file_repaired(tmp_path):
+    path = tmp_path / "results.jsonl"
+    whole = [json.dumps(record(f"s{i}", i)) for i in range(4)]
+    # what two kills in a row left before: a fragment glued to the next record, then a torn tail
+    path.write_text(whole[0] + "\n" + whole[1][:17] + whole[2] + "\n" + whole[3] + "\n" + whole[1][:9])
+    with pytest.warns(UserWarning, match="dropping an incomplete"):
+        records = read_records(path)
+    assert sorted(records) == [("s0", "m"), ("s3", "m")]
+    assert path.read_text() == whole[0] + "\n" + whole[3] + "\n"  # repaired on disk before anything is appended
+
+
+def test_any_number_of_kills_mid_write_lose_no_finished_record(tmp_path):
+    path = tmp_path / "results.jsonl"
+    finished = []
+    for kill in range(6):
+        store = ResultsFile(path)  # opening repairs
+        for i in range(3):
+            sample = f"k{kill}-{i}"
+            store.update(sample, "m", lambda r, i=i: r["metrics"].__setitem__("psnr", i))
+            finished.append(sample)
+        with path.open("a") as f:  # the kill: half a line, no newline
+            f.write(json.dumps(record("torn", kill))[: 5 + 7 * kill])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = read_records(path)
+    assert sorted(s for s, _ in records) == sorted(finished)
+
+
+def test_the_store_appends_whole_lines_and_rewrites_atomically(tmp_path):
+    store = JsonLines(tmp_path / "a.jsonl")
+    assert store.read() == []
+    store.append({"x": 1})
+    store.append({"x": float("inf")})
+    assert store.read() == [{"x": 1}, {"x": float("inf")}]
+    store.rewrite([{"x": 2}])
+    assert store.read() == [{"x": 2}] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    with FolderLock(tmp_path, job="benchmark run"):
+        with pytest.raises(FolderLocked, match=rf"another benchmark run \(pid {os.getpid()}\)"):
+            FolderLock(tmp_path, job="benchmark run").acquire()
+    with FolderLock(tmp_path):  # released: the next writer gets it
+        pass
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from seminft_bench.fileio import FolderLock; import time; lock = FolderLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLocked, match=f"pid {holder.pid}"):
+            FolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(tmp_path):  # the dead holder's lock file is still there, and is taken over
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
