@@ -6,6 +6,7 @@ images, return RGB of the source's size, retry what is transient, cache what it 
 makes no calls), tally the billed tokens, and never let its key out.
 """
 
+import json
 import io
 
 import pytest
@@ -299,3 +300,13 @@ def test_qwen_image_edit_on_cuda(tiny_qwen_edit_dir, images):
     source, reference = images
     output = QwenImageEdit(tiny_qwen_edit_dir, num_inference_steps=2).transfer(source, reference)
     assert output.mode == "RGB" and output.size == source.size
+
+
+def test_settings_name_what_changes_an_editors_output(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-settings-0123456789")
+    from seminft_bench.bench.methods.editors import GPTImage
+
+    plain, other = GPTImage(), GPTImage(quality="high", base_url="http://127.0.0.1:9/v1")
+    assert plain.settings() == GPTImage().settings() and plain.settings() != other.settings()
+    assert other.settings()["endpoint"].startswith("http://127.0.0.1:9/v1") and "concurrency" not in other.settings()
+    assert "sk-settings" not in json.dumps(plain.settings())

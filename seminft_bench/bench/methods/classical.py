@@ -12,7 +12,6 @@ from abc import abstractmethod
 import numpy as np
 from PIL import Image
 from skimage.exposure import match_histograms
-from skimage.transform import resize
 
 from seminft_bench.bench.methods.base import Method
 from seminft_bench.imaging import from_array, to_array
@@ -123,25 +122,36 @@ def pdf_transfer(
 
 
 def _gradient_norm(image: np.ndarray) -> np.ndarray:
-    """Forward-difference colour gradient magnitude, zero past the last row and column."""
-    gx = np.zeros_like(image)
-    gy = np.zeros_like(image)
-    gx[:, :-1] = np.diff(image, axis=1)
-    gy[:-1] = np.diff(image, axis=0)
+    """Colour gradient magnitude as regrain.m measures it: I(x+1) − I(x−1) in each direction (two pixels
+    apart, not halved; borders replicated), in the image's own units."""
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    gx = padded[1:-1, 2:] - padded[1:-1, :-2]
+    gy = padded[2:, 1:-1] - padded[:-2, 1:-1]
     return np.sqrt((gx**2 + gy**2).sum(-1))
 
 
-def _regrain_level(original: np.ndarray, graded: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
-    """Jacobi iterations on the Euler-Lagrange equation of
+_REGRAIN_RELAXATION = 1 / 5
+"""Share of the previous estimate kept at each Jacobi sweep (regrain.m's ρ). Plain Jacobi leaves the
+checkerboard mode, i.e. pixel-level grain, undamped where φ dominates ψ; relaxing damps it."""
+
+
+def _regrain_level(
+    original: np.ndarray, graded: np.ndarray, init: np.ndarray, iterations: int, level: int = 0
+) -> np.ndarray:
+    """Relaxed Jacobi sweeps on the Euler-Lagrange equation of
     ∫ φ‖∇J − ∇I‖² + ψ‖J − t(I)‖², over 4-neighbour edges p~q:
     ψ_p (J_p − t_p) + Σ_q φ_pq ((J_p − J_q) − (I_p − I_q)) = 0.
 
-    Weights follow Pitié et al. 2007: φ = 30 / (1 + 10‖∇I‖) enforces the original's gradients most
-    in its flat areas, where grain shows; ψ = min(1, ‖∇I‖ / 5 levels) keeps the graded colours on edges.
+    Weights as in Pitié et al. 2007 and their regrain.m, with ‖∇I‖ measured on [0, 1] images:
+    φ = 30 / (1 + 10‖∇I‖) enforces the original's gradients everywhere but most in flat areas, where
+    grain shows; ψ = min(1, ‖∇I‖ / 5 levels of 255) keeps the graded colours on edges. At the k-th
+    halving φ is scaled by 2^-k, as in regrain.m.
     """
-    grad = _gradient_norm(original) * 255  # in 8-bit levels, the paper's units
-    phi = 30 / (1 + 10 * grad)
-    psi = np.clip(grad / 5, 1e-3, 1)[..., None]  # floor: ψ = 0 makes a lone pixel 0/0
+    grad = _gradient_norm(original)  # [0, 1] units: φ's constants are set for these, not 8-bit levels
+    phi = 30 / (1 + 10 * grad) * 0.5**level
+    # ψ's threshold is 5 levels of 255. Floored, unlike regrain.m's: where the original is exactly flat
+    # (synthetic or clipped areas) ψ = 0 would leave the estimate there untouched by the grade.
+    psi = np.clip(grad * 255 / 5, 1e-3, 1)[..., None]
     phi_x = ((phi[:, :-1] + phi[:, 1:]) / 2)[..., None]  # edge (i, j)~(i, j+1)
     phi_y = ((phi[:-1] + phi[1:]) / 2)[..., None]  # edge (i, j)~(i+1, j)
     dx, dy = np.diff(original, axis=1), np.diff(original, axis=0)  # I_q − I_p along each edge
@@ -155,15 +165,23 @@ def _regrain_level(original: np.ndarray, graded: np.ndarray, init: np.ndarray, i
     rhs[:, 1:] += phi_x * dx
     rhs[:-1] -= phi_y * dy
     rhs[1:] += phi_y * dy
+    # Where a neighbour is missing, regrain.m pairs a border pixel with itself: a zero term of the equation
+    # but a weight in the sweep, which then moves border pixels as slowly as interior ones.
+    self_phi = np.zeros_like(psi)
+    self_phi[:, 0] += phi[:, :1]
+    self_phi[:, -1] += phi[:, -1:]
+    self_phi[0] += phi[0, :, None]
+    self_phi[-1] += phi[-1, :, None]
+    denom += self_phi
 
     out = init
     for _ in range(iterations):
-        neighbours = rhs.copy()
+        neighbours = rhs + self_phi * out
         neighbours[:, :-1] += phi_x * out[:, 1:]
         neighbours[:, 1:] += phi_x * out[:, :-1]
         neighbours[:-1] += phi_y * out[1:]
         neighbours[1:] += phi_y * out[:-1]
-        out = neighbours / denom
+        out = (1 - _REGRAIN_RELAXATION) * neighbours / denom + _REGRAIN_RELAXATION * out
     return out
 
 
@@ -173,26 +191,53 @@ def regrain(
     """Pitié's grain reduction: keep ``graded``'s colours but ``original``'s gradient field, so that the
     noise a non-linear colour map amplifies in flat areas is smoothed away without blurring edges.
 
-    Solved coarse to fine (Pitié et al. 2007): ``iterations[k]`` Jacobi sweeps at the k-th halving
-    (few at full size, where each is costly; many at coarse sizes, where colours must travel far).
-    A level starts from ``graded`` plus the coarser level's upsampled correction, not from the upsampled
-    coarse solution, so the few full-size sweeps need not restore detail the upsampling blurred.
+    Solved coarse to fine as in regrain.m: ``iterations[k]`` sweeps at the k-th halving (few at full
+    size, where each is costly; many at coarse sizes, where colours must travel far), halving while the
+    half size exceeds 20 pixels. The coarsest level starts from the (shrunk) original, each finer one from
+    the upsampled solution of the level below.
     """
     original = np.asarray(original, np.float32)
     graded = np.asarray(graded, np.float32)
+    return _regrain_from(original, graded, original, iterations, 0)
+
+
+def _regrain_from(
+    original: np.ndarray, graded: np.ndarray, init: np.ndarray, iterations: tuple[int, ...], level: int
+) -> np.ndarray:
     height, width = original.shape[:2]
-    init = graded
-    if len(iterations) > 1 and min(height, width) // 2 > 20:
-        graded_half, original_half = (_half(x) for x in (graded, original))
-        correction = regrain(original_half, graded_half, iterations[1:]) - graded_half
-        init = graded + resize(correction, original.shape, order=1, clip=False).astype(np.float32)
-    return _regrain_level(original, graded, init, iterations[0])
+    if len(iterations) > 1 and (min(height, width) + 1) // 2 > 20:
+        coarse = _regrain_from(*(_half(x) for x in (original, graded, init)), iterations[1:], level + 1)
+        init = _resize_bilinear(coarse, height, width)
+    return _regrain_level(original, graded, init, iterations[0], level)
+
+
+def _bilinear_taps(size: int, new_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input indices and weights (new_size × taps each) of MATLAB's ``imresize(..., 'bilinear')`` along one
+    axis, which regrain.m uses: pixel centres aligned, a triangle kernel widened by the shrink factor when
+    shrinking (antialiasing), out-of-range taps mirrored onto the edge pixels."""
+    scale = new_size / size
+    width = max(1.0, 1 / scale)  # kernel half-width in input pixels
+    centres = (np.arange(new_size) + 0.5) / scale - 0.5
+    taps = np.floor(centres[:, None] - width) + np.arange(int(np.ceil(2 * width)) + 2)
+    weights = np.maximum(0.0, 1 - np.abs(centres[:, None] - taps) / width)
+    taps = taps.astype(int) % (2 * size)  # mirror: -1 → 0, size → size - 1
+    taps = np.where(taps >= size, 2 * size - 1 - taps, taps)
+    return taps, weights / weights.sum(1, keepdims=True)
+
+
+def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    out = image
+    for axis, new_size in ((0, height), (1, width)):
+        taps, weights = _bilinear_taps(out.shape[axis], new_size)
+        shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
+        out = sum(w.reshape(shape) * out.take(t, axis) for t, w in zip(taps.T, weights.T))
+    return out.astype(np.float32)
 
 
 def _half(image: np.ndarray) -> np.ndarray:
-    """Half size (rounded up); bilinear sampling between pixels averages 2×2 blocks."""
-    half = ((image.shape[0] + 1) // 2, (image.shape[1] + 1) // 2, 3)
-    return resize(image, half, order=1, anti_aliasing=False).astype(np.float32)
+    """Half size (rounded up), as regrain.m shrinks (MATLAB's antialiased bilinear): on even sizes each
+    pixel weighs its rows and columns [1 3 3 1]/8, not the 2×2 block mean."""
+    return _resize_bilinear(image, (image.shape[0] + 1) // 2, (image.shape[1] + 1) // 2)
 
 
 def idt_transfer(source: np.ndarray, reference: np.ndarray, iterations: int = 20, seed: int = 0) -> np.ndarray:
@@ -237,10 +282,14 @@ class IDT(_ArrayMethod):
     plus regrain. Seeded, so the same images give the same output."""
 
     name = "idt"
+    version = "2"  # 2: regrain in [0, 1] units, as Pitié's regrain.m
 
     def __init__(self, iterations: int = 20, seed: int = 0):
         self.iterations = iterations
         self.seed = seed
+
+    def settings(self) -> dict:
+        return {**super().settings(), "iterations": self.iterations, "seed": self.seed}
 
     def transfer_array(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
         return idt_transfer(source, reference, iterations=self.iterations, seed=self.seed)

@@ -199,6 +199,11 @@ class _APIEditor(Method):
 
         return _decoded_at(base64.b64decode(self.services.remember(key, self.model, draw)), source.size)
 
+    def settings(self) -> dict:
+        """Model, endpoint, input size and template; subclasses add their request options."""
+        endpoint = sdk_endpoint(self._client)
+        return {**super().settings(), "model": self.model, "endpoint": endpoint, "max_side": self.max_side, "template": TEMPLATE_VERSION}
+
     def close(self) -> None:
         self._client.close()
 
@@ -242,6 +247,9 @@ class GPTImage(_APIEditor):
         super().__init__(model, **options)
         self.chat_model = chat_model
         self.quality = quality
+
+    def settings(self) -> dict:
+        return {**super().settings(), "chat_model": self.chat_model, "quality": self.quality}
 
     def connect(self, base_url: str | None, timeout: float) -> object:
         return openai_sdk(self.secrets[0], base_url, timeout)
@@ -379,6 +387,15 @@ class QwenImageEdit(Method):
     @classmethod
     def from_context(cls, context: MethodContext) -> QwenImageEdit:
         return cls(device=context.device, cache=context.cache, ledger=context.ledger, transport=context.transport)
+
+    def settings(self) -> dict:
+        editor, writer = self.editor, self.instruction_writer
+        instruction = FIXED_INSTRUCTION if writer is None else {"writer": writer.model, "endpoint": writer.endpoint}
+        return {
+            **super().settings(), "model": editor.model, "steps": editor.num_inference_steps,
+            "true_cfg_scale": editor.true_cfg_scale, "seed": self.seed, "instruction": instruction,
+            "writer_prompt": WRITER_PROMPT.version,
+        }
 
     def prepare(self, bench_set: BenchSet) -> None:
         """Load the model now, so missing weights stop the method before its first sample."""
