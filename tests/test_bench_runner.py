@@ -421,3 +421,41 @@ def test_a_failed_write_is_counted_and_the_run_still_ends(tmp_path, bench_set, m
     run = RunOptions(methods=["identity", "reinhard"], judges=[], reward=None, metrics=["psnr"], cache=str(tmp_path / "cache"))
     summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=logged.append)
     assert summary.failed == 1 and any("No space left" in line and "not saved" in line for line in logged)
+
+
+def test_a_metric_is_one_registry_entry_for_runner_report_and_cli(tmp_path, bench_set, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seminft_bench.bench import metrics
+    from seminft_bench.cli import bench
+
+    def brightness_gap(pred, source, settings):
+        return abs(to_array(pred, np.float32).mean() - to_array(source, np.float32).mean())
+
+    monkeypatch.setitem(metrics.METRICS, "brightness", metrics.Metric("brightness", "Brightness gap", "source", False, brightness_gap))
+    monkeypatch.setattr(metrics, "METRIC_NAMES", tuple(metrics.METRICS))
+    monkeypatch.setattr(runner_module, "METRIC_NAMES", tuple(metrics.METRICS))
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity", "reference"], judges=[], reward=None, metrics=["brightness"], cache=str(tmp_path / "cache"))
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    records = read_records(out / "results.jsonl")
+    assert all(records[s.name, "identity"]["metrics"]["brightness"] == 0 for s in bench_set.samples)
+    assert "| Method | Brightness gap ↓ |" in (out / "report.md").read_text()
+    args = ["run", "--dataset", "demo", "--limit", "1", "--method", "identity", "--metrics", "brightness,nosuch",
+            "--judges", "", "--reward", "", "--out", str(tmp_path / "cli")]  # fmt: skip
+    result = CliRunner().invoke(bench.app, args)
+    assert result.exit_code == 2 and "unknown metric 'nosuch'" in result.output and "'brightness'" not in result.output
+
+
+def test_the_cli_exits_non_zero_when_cells_failed(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seminft_bench.bench import metrics
+    from seminft_bench.cli import bench
+
+    monkeypatch.setitem(metrics.METRICS, "psnr", raising_metric(ZeroDivisionError("planted")))
+    args = ["run", "--dataset", "demo", "--limit", "2", "--method", "identity", "--metrics", "psnr,ssim",
+            "--judges", "", "--reward", "", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")]  # fmt: skip
+    result = CliRunner().invoke(bench.app, args)
+    assert result.exit_code == 1 and "2 cells failed" in result.output and "results.jsonl" in result.output
+    assert (tmp_path / "run" / "report.html").exists()

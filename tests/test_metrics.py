@@ -279,3 +279,40 @@ def test_metric_settings_key_only_what_changes_a_metric():
     assert metrics.METRICS["psnr"].settings(base) == metrics.METRICS["psnr"].settings(other)  # nor is the device
     weight_free = {name for name, metric in metrics.METRICS.items() if metric.weights is None}
     assert {"psnr", "ssim", "color", "structure"} <= weight_free and "lpips" not in weight_free
+
+
+# ---------------------------------------------------------------- weight-free metrics: structure and color
+
+
+def independent_gradient_correlation(a, b):
+    """scipy.ndimage's Sobel on Rec. 709 luma, cropped to the valid interior, then numpy's corrcoef."""
+    from scipy import ndimage
+
+    def magnitude(image):
+        luma = (np.asarray(image, np.float64) / 255) @ np.array([0.2126, 0.7152, 0.0722])
+        gradient = np.hypot(ndimage.sobel(luma, axis=1), ndimage.sobel(luma, axis=0))
+        return gradient[1:-1, 1:-1].ravel()
+
+    return np.corrcoef(magnitude(a), magnitude(b))[0, 1]
+
+
+def test_structure_is_the_gradient_correlation_and_ignores_the_grade():
+    from seminft_bench.presets import apply_lut, builtin_presets
+
+    photo, other = skimage.data.astronaut()[::2, ::2], skimage.data.coffee()[:256, :256]
+    graded = apply_lut(photo, builtin_presets()[5].to_lut())
+    assert metrics.structure(photo, photo) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.structure(graded, photo) == pytest.approx(independent_gradient_correlation(graded, photo), abs=1e-9)
+    brighter = np.clip(photo.astype(np.float64) * 0.6 + 40, 0, 255).round().astype(np.uint8)  # affine luminance
+    assert metrics.structure(brighter, photo) > 0.99
+    assert metrics.structure(other, photo) < 0.3 < 0.9 < metrics.structure(graded, photo)
+    np.testing.assert_allclose(metrics.structure([graded, other], [photo, photo]), [metrics.structure(graded, photo), metrics.structure(other, photo)])
+
+
+def test_color_is_the_lab_sliced_wasserstein_distance_to_the_reference():
+    from seminft_bench.colorstats import sliced_wasserstein_lab
+
+    photo, reference = skimage.data.astronaut()[::4, ::4], skimage.data.coffee()[::3, ::3]  # sizes differ
+    assert metrics.color(photo, photo) == 0.0
+    assert metrics.color(photo, reference) == sliced_wasserstein_lab(photo, reference) > 1
+    assert list(metrics.color([photo, reference], [reference, reference])) == [metrics.color(photo, reference), 0.0]

@@ -432,6 +432,8 @@ class _Run:
                     if role not in images:
                         images[role] = sample.image(role)
                     value = metric.compute(pred, images[role], self.metric_settings)
+                if np.isnan(np.asarray(value, dtype=np.float64)).any():
+                    raise ValueError(f"{name} is undefined for this pair (NaN)")
             except MissingWeightsError as error:
                 self._skip(f"metric {name}", str(error))
                 continue
