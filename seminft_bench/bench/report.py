@@ -306,7 +306,7 @@ def report_markdown(table: Table, agreement: dict, sanity: dict, costs: dict, in
     else:
         lines.append("Fewer than two judges scored this run.")
     if sanity:
-        lines += ["", "Sanity check, mean raw score of the bounds (a judge measuring preset similarity rates "
+        lines += ["", "Sanity check, each judge's mean score of the bounds (one measuring preset similarity rates "
                   "the reference far above the untouched source):", ""]  # fmt: skip
         lines += [f"- {judge}: " + ", ".join(f"{bound} {mean:.2f}" for bound, mean in means.items()) for judge, means in sanity.items()]
     lines += ["", "## API cost", "", _cost_line(costs), ""]
@@ -423,7 +423,7 @@ def report_html(run_dir: Path, table: Table, agreement: dict, sanity: dict, cost
             if agreement_rows
             else ""
         ),
-        sanity=f"<p>Mean raw score of the bounds per judge:</p><ul>{sanity_items}</ul>" if sanity_items else "",
+        sanity=f"<p>Sanity check, each judge's mean score of the bounds:</p><ul>{sanity_items}</ul>" if sanity_items else "",
         cost=esc(_cost_line(costs)),
         scatter=(
             "<h2>Transfer against preservation</h2><figure><img alt=\"color against structure per method\" "
