@@ -275,8 +275,10 @@ def _notes(table: Table, info: dict) -> list[str]:
             notes.append("Color dist.: sliced Wasserstein distance to the reference's CIELAB colours (0: the same colours).")
         if col.key == "structure":
             notes.append("Structure: correlation of luminance gradients with the source (1: the source's edges exactly).")
-    counts = [f"{c.label} {next((e.n for m in table.methods if (e := table.cells.get((m, c.key)))), 0)}" for c in table.columns]
-    notes.append(f"Samples compared per column (n): {', '.join(counts)} of {len(info.get('samples', []))}.")
+    counts = [(c.label, next((e.n for m in table.methods if (e := table.cells.get((m, c.key)))), 0)) for c in table.columns]
+    shown = ", ".join(f"{label} {n}" for label, n in counts if n)
+    if shown:
+        notes.append(f"Samples compared per column (n): {shown} of {len(info.get('samples', []))}.")
     return notes
 
 
