@@ -13,6 +13,7 @@ BASE = dict(
     template_version="fig8-v1",
     images=[b"ref", b"pred"],
     params={"mode": "evaluation", "max_tokens": 1024},
+    endpoint="https://api.openai.com/v1/",
 )
 
 
@@ -29,6 +30,7 @@ def test_key_depends_on_everything_that_shapes_the_reply():
         {"images": [b"refp", b"red"]},  # same bytes overall, split differently
         {"params": {"mode": "reward", "max_tokens": 1024}},
         {"params": {"mode": "evaluation", "max_tokens": 512}},
+        {"endpoint": "http://127.0.0.1:8000/v1/"},  # another server of the same model id
     ]
     keys = {cache_key(**{**BASE, **change}) for change in variants}
     assert key not in keys and len(keys) == len(variants)

@@ -26,7 +26,7 @@ def cache_key(
     images: Sequence[bytes],
     params: Mapping[str, object],
     *,
-    endpoint: str | None = None,
+    endpoint: str,
 ) -> str:
     """SHA-256 over everything that determines a reply: who answers, which prompt, which images in which order, how.
 
