@@ -459,3 +459,15 @@ def test_the_cli_exits_non_zero_when_cells_failed(tmp_path, monkeypatch):
     result = CliRunner().invoke(bench.app, args)
     assert result.exit_code == 1 and "2 cells failed" in result.output and "results.jsonl" in result.output
     assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, bench_set):
+    from seminft_bench.fileio import FolderLock, FolderLocked
+
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity"], judges=[], reward=None, metrics=["psnr"], cache=str(tmp_path / "cache"))
+    with FolderLock(out, job="benchmark run"):  # what another live `run` holds
+        with pytest.raises(FolderLocked, match="being written by another benchmark run"):
+            run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+        assert not (out / "results.jsonl").exists()
+    assert run_benchmark(out, run, bench_set=bench_set, log=lambda line: None).failed == 0

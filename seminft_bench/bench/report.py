@@ -428,9 +428,10 @@ def report_html(run_dir: Path, table: Table, agreement: dict, sanity: dict, cost
         sanity=f"<p>Sanity check, each judge's mean score of the bounds:</p><ul>{sanity_items}</ul>" if sanity_items else "",
         cost=esc(_cost_line(costs)),
         scatter=(
-            "<h2>Transfer against preservation</h2><figure><img alt=\"color against structure per method\" "
-            f"src=\"data:image/png;base64,{scatter}\"><figcaption>Each dot a sample, each cross a method's mean: "
-            "left is closer to the reference's colours, up keeps more of the source's structure.</figcaption></figure>"
+            "<h2>Transfer against preservation</h2><div class=plots><figure><img alt=\"color against structure "
+            f"per method\" src=\"data:image/png;base64,{scatter}\"><figcaption>Each dot a sample, each cross a method's "
+            "mean: left is closer to the reference's colours, up keeps more of the source's structure.</figcaption>"
+            "</figure></div>"
             if scatter
             else ""
         ),
