@@ -350,7 +350,9 @@ class _Run:
                     self.stage_seconds[stage] += time.perf_counter() - started
                     self.bars[stage].update(1)
 
-        with self.lock:
+        with self.lock:  # under the lock `stop` takes too, so nothing is submitted to a pool it shut down
+            if self.stopping.is_set():
+                return
             self.bars[stage].total += 1
             self.bars[stage].refresh()
             self.futures.append(self.pools[pool].submit(guarded))
@@ -371,7 +373,8 @@ class _Run:
 
     def stop(self) -> None:
         """Ctrl-C: queued tasks are dropped, running ones finish on their own without holding the process."""
-        self.stopping.set()
+        with self.lock:
+            self.stopping.set()
         for pool in self.pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
 
