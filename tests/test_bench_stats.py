@@ -129,7 +129,7 @@ def test_bold_only_for_a_significant_lead_else_the_tie_is_marked(tmp_path):
 
 
 def test_bounds_are_never_ranked_and_infinite_psnr_shows_as_infinity(tmp_path):
-    rows = {"oracle": [np.inf, np.inf, np.inf], "a": [30.0, 31.0, 29.0], "b": [20.0, 21.0, 19.0]}
+    rows = {"oracle": [np.inf] * 10, "a": [30.0 + i for i in range(10)], "b": [20.0 + i for i in range(10)]}
     info = planted_run(tmp_path, psnr_column(rows))
     table = build_table(report_module.read_records(tmp_path / "results.jsonl"), info)
     assert table.best["psnr"] == "a"
@@ -165,3 +165,11 @@ def test_agreement_leaves_the_bounds_out_and_sanity_shows_them(tmp_path):
     with_bounds = scipy.stats.spearmanr(x + [0] * 12 + [5] * 12, y + [0] * 12 + [5] * 12).statistic
     assert with_bounds > rho + 0.3  # what the bounds would have added
     assert judge_sanity(records, info) == {"j1": {"identity": 0.0, "reference": 5.0}, "j2": {"identity": 0.0, "reference": 5.0}}
+
+
+def test_too_few_samples_are_never_called_significant(tmp_path):
+    rows = {"a": [31.0, 32.0, 33.0, 34.0, 35.0], "b": [30.0, 31.0, 32.0, 33.0, 34.0]}  # a ahead on all 5
+    info = planted_run(tmp_path, psnr_column(rows))
+    table = build_table(report_module.read_records(tmp_path / "results.jsonl"), info)
+    assert paired_difference(rows["a"], rows["b"]).low > 0  # the bootstrap alone would bold it
+    assert not table.best and not table.tied

@@ -37,13 +37,16 @@ from seminft_bench.fileio import atomic_write_text
 BOUNDS = ("identity", "reference", "oracle")
 NOT_COMPUTED = "not computed"
 MAX_GRID_SAMPLES = 50
+MIN_RANKED_SAMPLES = 10
+"""Below this many common samples nothing is marked: a percentile bootstrap calls any difference that has
+one sign on every sample significant, which on 2 or 5 samples is chance (a sign test gives p = 0.5, 0.06)."""
 REWARD_SCALE = 5.0
 """Eq. 4 scores lie in 0–5; the paper's Reward column is on [0, 1] (Tables 1–5: 0.22–0.87)."""
 RANK_RULE = (
     "Mean over the samples every method of the column completed, [paired-bootstrap 95% interval]. "
     "**Bold**: best, where the paired interval of its difference to the runner-up excludes 0; "
     "otherwise _italic_: the methods not significantly worse than the best (a tie). "
-    "Bounds ({bounds}) are not ranked."
+    "Bounds ({bounds}) are not ranked, nor is a column with fewer than {min_n} samples."
 )
 
 
@@ -132,7 +135,7 @@ def build_table(records: dict, info: dict) -> Table:
 
 def _mark(table: Table, col: Column, rows: dict[str, np.ndarray]) -> None:
     """Bold the best when the paired interval of its lead over the runner-up excludes 0, else mark the tie."""
-    if len(rows) < 2:
+    if len(rows) < 2 or len(next(iter(rows.values()))) < MIN_RANKED_SAMPLES:
         return
     sign = 1.0 if col.higher_is_better else -1.0
     order = sorted(rows, key=lambda m: sign * float(np.mean(rows[m])), reverse=True)
@@ -265,7 +268,7 @@ def _arrow(col: Column) -> str:
 
 def _notes(table: Table, info: dict) -> list[str]:
     """The sentences under the table: the ranking rule, what each column means, n per column."""
-    notes = [RANK_RULE.format(bounds=", ".join(BOUNDS))]
+    notes = [RANK_RULE.format(bounds=", ".join(BOUNDS), min_n=MIN_RANKED_SAMPLES)]
     for col in table.columns:
         if col.key == "reward":
             notes.append(f"Reward: {info.get('reward')} by Eq. 4, the raw 0–5 score / {REWARD_SCALE:g} (the paper's scale).")
