@@ -96,6 +96,8 @@ class RunOptions:
     dino_threshold: float = DINO_THRESHOLD
     dino_model: str = DINO_MODEL
     overwrite: bool = False
+    method_options: dict[str, dict] = field(default_factory=dict)
+    """Per method, its own options, e.g. ``{"ours": {"base": ..., "lora": [...]}}``."""
 
 
 @dataclass
@@ -284,7 +286,8 @@ class _Run:
 
     def _open_methods(self) -> dict[str, Method]:
         context = MethodContext(
-            cache=self.cache, ledger=self.ledger, device=self.options.device, concurrency=self.options.concurrency
+            cache=self.cache, ledger=self.ledger, device=self.options.device, concurrency=self.options.concurrency,
+            options=self.options.method_options,
         )
         methods = {}
         for name in self.options.methods:

@@ -41,6 +41,11 @@ def run_command(
     device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
     dino_threshold: float = typer.Option(DINO_THRESHOLD, help="DINO similarity above which an output keeps the source's content."),
     dino_model: str = typer.Option(DINO_MODEL, help="DINO model (Hugging Face id in the local cache, or a folder)."),
+    ours_base: Optional[str] = typer.Option(None, help="ours: FLUX.1-dev folder or cached hub id; tiny:SEED for the tiny random model."),
+    ours_lora: list[Path] = typer.Option([], help="ours: a LoRA (cold-start, then RL); repeat for several."),
+    ours_steps: Optional[int] = typer.Option(None, min=1, help="ours: denoising steps [default: 28]."),
+    ours_seed: Optional[int] = typer.Option(None, help="ours: the seed of every sample's noise [default: 0]."),
+    ours_config: Optional[Path] = typer.Option(None, help="ours: a YAML file of these options (flags win)."),
 ) -> None:
     """Run methods on a set, score every output, and write results.jsonl plus the reports.
 
@@ -56,6 +61,7 @@ def run_command(
         metrics=_names(metrics), split=split, variant=variant, skip_bad=skip_bad, limit=limit,
         concurrency=concurrency, cache=str(cache) if cache else None, judge_config=str(config) if config else None,
         device=device, dino_threshold=dino_threshold, dino_model=dino_model, overwrite=overwrite,
+        method_options={"ours": _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps, seed=ours_seed)},
     )
     try:
         summary = run_benchmark(out, options, log=lambda line: typer.echo(line, err=True))
@@ -78,6 +84,19 @@ def run_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _ours_options(config: Path | None, **flags) -> dict:
+    from seminft_bench.bench.methods.ours import read_options
+
+    try:
+        options = dict(read_options(config)) if config else {}
+    except (OSError, ValueError) as error:
+        fail(error)
+    options.update({key: value for key, value in flags.items() if value not in (None, [])})
+    if "lora" in options:
+        options["lora"] = [str(path) for path in options["lora"]]
+    return options
 
 
 @app.command("report")

@@ -1,8 +1,8 @@
 """The methods registry: ``get_method(name)`` for every method the benchmark can run.
 
 Names map to "module:factory" strings so that asking for ``reinhard`` never imports
-diffusers or an API SDK. Adding a method (``ours`` arrives with the model) is one
-module with a `Method` subclass and one line in `REGISTRY`; a class that needs the
+diffusers or an API SDK. Adding a method is one
+module with a `Method` subclass and one line in `REGISTRY` (``ours``: `methods.ours`); a class that needs the
 shared cache, ledger, transport or device defines ``from_context(context)``. ``predictions:DIR`` reads
 an external method's outputs from a folder.
 """
@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "gpt-image-1.5": "seminft_bench.bench.methods.editors:GPTImage",
     "nano-banana": "seminft_bench.bench.methods.editors:NanoBanana",
     "qwen-image-edit": "seminft_bench.bench.methods.editors:QwenImageEdit",
+    "ours": "seminft_bench.bench.methods.ours:Ours",
 }
 PREDICTIONS_PREFIX = "predictions:"
 

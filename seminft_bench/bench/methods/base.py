@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -28,6 +29,8 @@ class MethodContext:
     transport: object | None = None
     device: str | None = None
     concurrency: int = 8
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Per method name, its own options (``--ours-base`` and the like)."""
 
 
 class Method(ABC):

@@ -1,0 +1,225 @@
+"""On-disk caches that keep the text encoders and the VAE encoder out of the training loop.
+
+- Prompt embeddings: SemiNFT uses one task description for every sample (paper §3.5), so
+  its T5 and CLIP embeddings are computed once per base model and read back from disk;
+  the text encoders (about 10 GB for FLUX) are loaded only when the cache misses.
+- VAE latents: stored per sample id and image role, never per step or loader index, so a
+  shuffled loader always gets each sample's own latents (diffusers' FLUX LoRA scripts
+  cache them by position and mis-pair them when the loader shuffles). They live in a
+  folder named after the VAE's identity, so latents of another VAE are never reused.
+
+Every file is a safetensors file written atomically: a killed job leaves either the
+whole file or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from seminft_bench.errors import MissingWeightsError
+from seminft_bench.fileio import atomic_write_bytes
+from seminft_bench.model.components import DEFAULT_BASE, how_to_provide, locate_weights
+
+T5_MAX_SEQUENCE_LENGTH = 512
+"""FLUX.1-dev's T5 prompt length (`FluxPipeline`'s default)."""
+
+TEXT_ENCODER_SUBFOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
+
+@dataclass
+class PromptEmbeddings:
+    """A prompt encoded as FLUX's transformer consumes it."""
+
+    prompt_embeds: torch.Tensor
+    """T5 token embeddings, ``[1, L, D]``."""
+    pooled_prompt_embeds: torch.Tensor
+    """CLIP pooled embedding, ``[1, D]``."""
+    text_ids: torch.Tensor
+    """Position ids of the text tokens, ``[L, 3]``, all zeros as in FLUX."""
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> PromptEmbeddings:
+        """Embeddings on ``device`` and in ``dtype``; ``text_ids`` keep their dtype, as `FluxPipeline` passes them."""
+        return PromptEmbeddings(
+            self.prompt_embeds.to(device=device, dtype=dtype),
+            self.pooled_prompt_embeds.to(device=device, dtype=dtype),
+            self.text_ids.to(device=device),
+        )
+
+
+def prompt_embeddings(
+    prompt: str,
+    base: str,
+    cache_dir: str | os.PathLike,
+    *,
+    encode: Callable[[str], PromptEmbeddings],
+    max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH,
+) -> PromptEmbeddings:
+    """The embeddings of ``prompt`` under ``base``, computed with ``encode`` only if ``cache_dir`` lacks them.
+
+    The cache key is a hash of (base, prompt, max_sequence_length); ``encode`` must pad to
+    ``max_sequence_length`` tokens, which is checked, so a key never holds embeddings of
+    another length. Tensors come back on the CPU.
+    """
+    key = _digest({"base": base, "prompt": prompt, "max_sequence_length": max_sequence_length})
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.exists():
+        return PromptEmbeddings(**load_file(path))
+    embeddings = encode(prompt)
+    _check_prompt_shapes(embeddings, max_sequence_length)
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in vars(embeddings).items()}
+    metadata = {"base": base, "prompt": prompt, "max_sequence_length": str(max_sequence_length)}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return PromptEmbeddings(**tensors)
+
+
+def _check_prompt_shapes(embeddings: PromptEmbeddings, length: int) -> None:
+    tokens = embeddings.prompt_embeds
+    if tokens.ndim != 3 or tokens.shape[:2] != (1, length) or embeddings.pooled_prompt_embeds.shape[0] != 1:
+        raise ValueError(
+            f"encode returned prompt_embeds {tuple(tokens.shape)} and pooled_prompt_embeds "
+            f"{tuple(embeddings.pooled_prompt_embeds.shape)}; expected [1, {length}, D] and [1, D] "
+            "(pass the max_sequence_length the encoder pads to)"
+        )
+    if embeddings.text_ids.shape != (length, 3):
+        raise ValueError(f"encode returned text_ids {tuple(embeddings.text_ids.shape)}; expected [{length}, 3]")
+
+
+def encode_with_flux_text_encoders(
+    base: str | os.PathLike = DEFAULT_BASE,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH,
+) -> Callable[[str], PromptEmbeddings]:
+    """An ``encode`` for `prompt_embeddings` that runs FLUX's CLIP and T5 through `FluxPipeline.encode_prompt`.
+
+    The text encoders are loaded on the first call, not here, so a run whose prompt is
+    already cached never loads them, nor needs them on disk. That first call raises
+    `MissingWeightsError` when they are absent. Device and dtype default as in
+    `components.load_components`.
+    """
+    pipeline = None
+
+    def encode(prompt: str) -> PromptEmbeddings:
+        nonlocal pipeline
+        if pipeline is None:
+            pipeline = _load_text_encoders(os.fspath(base), device, dtype)
+        with torch.no_grad():
+            prompt_embeds, pooled_prompt_embeds, text_ids = pipeline.encode_prompt(
+                prompt, device=pipeline.text_encoder.device, max_sequence_length=max_sequence_length
+            )
+        return PromptEmbeddings(prompt_embeds, pooled_prompt_embeds, text_ids)
+
+    return encode
+
+
+def _load_text_encoders(base: str, device: str | torch.device | None, dtype: torch.dtype | None):
+    from diffusers import FluxPipeline
+
+    folder = locate_weights(base)
+    missing = [name for name in TEXT_ENCODER_SUBFOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise MissingWeightsError(
+            f"text encoders of {base!r} not found: {folder} lacks {', '.join(f'{name}/' for name in missing)}. "
+            f"{how_to_provide(base)}"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        pipeline = FluxPipeline.from_pretrained(
+            folder, transformer=None, vae=None, dtype=dtype, local_files_only=True
+        )
+    except OSError as error:
+        raise MissingWeightsError(
+            f"text encoders of {base!r} at {folder} are incomplete ({error}). {how_to_provide(base)}"
+        ) from error
+    return pipeline.to(device)
+
+
+def tiny_prompt_embeddings(prompt: str, seed: int = 0, dim: int = 32, length: int = 8) -> PromptEmbeddings:
+    """Deterministic stand-in embeddings for the tiny components: a hash of (prompt, seed) seeds them.
+
+    Different prompts give different embeddings, so tests can tell prompts apart; ``dim``
+    matches the tiny transformer's ``joint_attention_dim`` and ``pooled_projection_dim``.
+    """
+    generator = torch.Generator().manual_seed(int(_digest({"prompt": prompt, "seed": seed}), 16) % 2**63)
+    return PromptEmbeddings(
+        prompt_embeds=torch.randn(1, length, dim, generator=generator),
+        pooled_prompt_embeds=torch.randn(1, dim, generator=generator),
+        text_ids=torch.zeros(length, 3),
+    )
+
+
+def vae_identity(vae: torch.nn.Module) -> str:
+    """A short hash of the VAE's class, config and every weight: two VAEs share it only if they encode alike.
+
+    Private config entries (``_name_or_path``, ``_diffusers_version``) are left out, so the
+    same weights loaded from another folder keep their identity. Hashing all weights takes
+    well under a second for FLUX's VAE (84 M parameters), once per run.
+    """
+    digest = hashlib.sha256(type(vae).__name__.encode())
+    config = {key: value for key, value in dict(getattr(vae, "config", {})).items() if not key.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in vae.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+class LatentCache:
+    """VAE latents on disk, one safetensors file per (sample id, role) under ``folder/vae_identity/``.
+
+    ``role`` names the image within a sample (``"source"``, ``"reference"``, ``"target"``).
+    File names are hashes of (sample id, role); the file also records both and `get`
+    checks them, so a file can never be served for another sample. Processes may share
+    a cache: writes are atomic, so a reader sees a whole file or none.
+    """
+
+    def __init__(self, folder: str | os.PathLike, vae_identity: str):
+        if not re.fullmatch(r"[0-9A-Za-z_.-]+", vae_identity):
+            raise ValueError(f"vae_identity must be a file-name-safe string as vae_identity(vae) gives, got {vae_identity!r}")
+        self.folder = Path(folder) / vae_identity
+
+    def path(self, sample_id: str, role: str) -> Path:
+        return self.folder / f"{_digest({'sample_id': sample_id, 'role': role})}.safetensors"
+
+    def get(self, sample_id: str, role: str) -> torch.Tensor | None:
+        """The cached latents (on the CPU), or None when this sample's ``role`` is not cached."""
+        path = self.path(sample_id, role)
+        if not path.exists():
+            return None
+        with safe_open(path, framework="pt") as file:
+            stored = file.metadata() or {}
+            if (stored.get("sample_id"), stored.get("role")) != (sample_id, role):
+                raise RuntimeError(f"{path} holds latents of {stored} instead of sample {sample_id!r}, role {role!r}")
+            return file.get_tensor("latents")
+
+    def put(self, sample_id: str, role: str, latents: torch.Tensor) -> None:
+        tensor = latents.detach().cpu().contiguous()
+        data = save({"latents": tensor}, metadata={"sample_id": sample_id, "role": role})
+        atomic_write_bytes(self.path(sample_id, role), data)
+
+    def get_or_encode(
+        self, sample_id: str, role: str, image: torch.Tensor, encode_fn: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """The cached latents, else ``encode_fn(image)`` stored first; on the CPU either way."""
+        latents = self.get(sample_id, role)
+        if latents is None:
+            latents = encode_fn(image).detach().cpu()
+            self.put(sample_id, role, latents)
+        return latents
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]

@@ -1,0 +1,208 @@
+"""Training configs: dataclasses that round-trip through YAML, strictly checked.
+
+A config file sets any subset of the fields (``configs/sft.yaml`` lists them all); a key
+the dataclass lacks, or a value of the wrong type, is an error naming the file and the
+key, so a typo never silently trains with a default. Command-line flags go on top with
+`SFTConfig.override`.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from seminft_bench.fileio import atomic_write_text
+
+DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
+
+LORA_TARGET_MODULES = (
+    # double-stream blocks (`transformer_blocks`): image and text attention, both feed-forwards
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    # single-stream blocks (`single_transformer_blocks`): attn.to_q/k/v as above, then the MLP and the fused output
+    "proj_mlp",
+    "proj_out",
+)
+"""Linear layers given LoRA, as paths inside a FLUX block (diffusers' `FluxTransformer2DModel` names).
+
+Use them through `components.lora_target_regex`, which keeps them inside the blocks: the
+model's own final ``proj_out`` is not adapted."""
+
+
+class ConfigError(ValueError):
+    """A config file or flag that does not describe a valid config; the message names the file and the key."""
+
+
+@dataclass
+class LogitNormal:
+    """Training timesteps drawn as sigmoid(N(mean, std)), SD3's logit-normal density (Esser et al. 2024)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    """The cold-start SFT stage (paper §3.1): one LoRA on FLUX.1-dev, rectified flow on the quadruplets.
+
+    Only ``steps`` comes from the paper (§3.1 and §4.1: 10,000 iterations). The rest are
+    the usual choices for FLUX LoRAs (diffusers' FLUX LoRA scripts, OminiControl), since
+    the paper does not give them.
+    """
+
+    dataset: str | None = None
+    """Cold-start dataset folder (`seminft-data build-coldstart`); required to train."""
+    out: str | None = None
+    """Run folder: checkpoints, logs and the final LoRA; required to train."""
+    base: str = DEFAULT_BASE
+    """Base model: hub id in the local Hugging Face cache, a folder, or ``"tiny:SEED"``."""
+    prompt: str | None = None
+    """The task description for every sample; None uses the dataset's ``prompt`` column."""
+
+    steps: int = 10_000
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    """Per process; ``accelerate launch`` multiplies it by the number of GPUs."""
+    max_grad_norm: float = 1.0
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    seed: int = 0
+
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    lora_on: Literal["all", "main"] = "all"
+    """Tokens the LoRA acts on: every branch, or only the main one (text + noisy latent)."""
+
+    resolution: int = 512
+    """Side of the square whose area each training image is resized to (aspect ratio kept)."""
+    weighting: LogitNormal = field(default_factory=LogitNormal)
+    condition_timestep: float | None = 0.0
+    """Timestep of the reference and source branches (0, as OminiControl); None gives them the noisy one (ablation)."""
+    guidance_scale: float = 3.5
+    """FLUX.1-dev's distilled-guidance input during training, as diffusers' FLUX LoRA script sets it."""
+
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    gradient_checkpointing: bool = True
+    quantize_base: Literal["nf4", "float8"] | None = None
+    """Quantise the frozen base weights to fit smaller GPUs; None keeps them in bf16."""
+
+    log_every: int = 10
+    validate_every: int = 500
+    checkpoint_every: int = 1000
+
+    def override(self, **flags: Any) -> SFTConfig:
+        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
+        given = {key: value for key, value in flags.items() if value is not None}
+        return replace(self, **_checked_fields(type(self), given, "override"))
+
+
+def load_config(path: str | os.PathLike) -> SFTConfig:
+    """The config in the YAML file at ``path``: defaults for the keys it leaves out."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys to values, got {type(data).__name__}")
+    return SFTConfig(**_checked_fields(SFTConfig, data, str(path)))
+
+
+def save_config(config: SFTConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as YAML (every field, in declaration order) that `load_config` reads back equal."""
+    data = _plain(asdict(config))
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: YAML's safe dumper knows no tuples."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _checked_fields(cls: type, data: dict, source: str, prefix: str = "") -> dict[str, Any]:
+    """``data`` as constructor arguments of the dataclass ``cls``, each value checked against its annotation."""
+    hints = get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    checked = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {name!r}; known keys: {', '.join(prefix + k for k in known)}")
+        checked[key] = _checked(value, hints[key], source, name)
+    return checked
+
+
+def _checked(value: Any, hint: Any, source: str, name: str) -> Any:
+    """``value`` converted to the type ``hint`` describes, or a `ConfigError`."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):  # only `X | None` is used
+        if value is None:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        try:
+            return _checked(value, inner, source, name)
+        except ConfigError:
+            raise ConfigError(f"{source}: {name} must be {_describe(inner)} or null, got {value!r}") from None
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(_checked(item, args[0], source, f"{name}[{i}]") for i, item in enumerate(value))
+    elif is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, dict):
+            return hint(**_checked_fields(hint, value, source, prefix=f"{name}."))
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {name} must be {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        return f"a list, each item {_describe(args[0])}"
+    if is_dataclass(hint):
+        return f"a mapping with keys {', '.join(f.name for f in fields(hint))}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]

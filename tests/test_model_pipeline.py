@@ -1,0 +1,114 @@
+"""SemiNFTPipeline on the tiny random components: sizes, the condition cache, LoRA files, and `--method ours`."""
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from seminft_bench.errors import MissingWeightsError
+from seminft_bench.model.components import tiny_components
+from seminft_bench.model.pipeline import LoraMismatchError, SemiNFTPipeline
+
+SOURCE = skimage.data.astronaut()[::4, ::6]  # 86×128: portrait, not square
+REFERENCE = skimage.data.coffee()[::5, ::5]  # 120×80: landscape, another size
+
+
+def seeded():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return SemiNFTPipeline.tiny(0)
+
+
+def save_random_lora(transformer, folder, rank=2, seed=1):
+    """A LoRA on the tiny transformer's attention projections, saved in diffusers' format."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="made")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in transformer.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name="made"))
+    return folder
+
+
+def test_output_is_exactly_the_sources_size_whatever_the_aspect(pipe):
+    out = pipe(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded())
+    assert out.mode == "RGB" and out.size == (SOURCE.shape[1], SOURCE.shape[0])
+    width, height = pipe.work_size((86, 128))
+    multiple = 2 * pipe.components.vae_scale_factor
+    assert width % multiple == height % multiple == 0 and abs(width * height - pipe.pixel_area) < 0.15 * pipe.pixel_area
+    assert abs(width / height - 86 / 128) < 0.1
+
+
+def test_condition_cache_on_equals_off_before_decoding(pipe):
+    cached = pipe.denoise(SOURCE, REFERENCE, num_inference_steps=4, generator=seeded())
+    full = pipe.denoise(SOURCE, REFERENCE, num_inference_steps=4, generator=seeded(), use_condition_cache=False)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+
+
+def test_the_reference_and_the_seed_change_the_result(pipe):
+    base = pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded())
+    assert torch.equal(base, pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded()))
+    other_reference = skimage.data.chelsea()[::4, ::4]
+    assert not torch.allclose(base, pipe.denoise(SOURCE, other_reference, num_inference_steps=3, generator=seeded()))
+    assert not torch.allclose(base, pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_saved_lora_loads_changes_the_output_and_is_hashed(tmp_path):
+    folder = save_random_lora(tiny_components(0).transformer, tmp_path / "lora")
+    plain = SemiNFTPipeline.tiny(0).denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded())
+    pipe = SemiNFTPipeline.from_pretrained("tiny:0", lora=[folder])
+    with_lora = pipe.denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded())
+    assert not torch.allclose(plain, with_lora)
+    again = SemiNFTPipeline.from_pretrained("tiny:0", lora=[folder]).denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded())
+    assert torch.equal(with_lora, again)
+    assert list(pipe.lora_hashes()) == ["coldstart"] and len(pipe.lora_hashes()["coldstart"]) == 64
+
+
+def test_a_lora_for_another_model_fails_clearly(tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    other = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 3, 3),
+    )
+    folder = save_random_lora(other, tmp_path / "foreign")
+    with pytest.raises(LoraMismatchError, match="not a LoRA for this FLUX transformer"):
+        SemiNFTPipeline.tiny(0).load_lora_weights(folder)
+
+
+def test_missing_weights_name_what_is_missing(tmp_path):
+    with pytest.raises(MissingWeightsError, match="no-flux-here"):
+        SemiNFTPipeline.from_pretrained(str(tmp_path / "no-flux-here"))
+
+
+def test_ours_runs_in_the_benchmark_and_a_changed_lora_is_remade(tmp_path):
+    from seminft_bench.bench.datasets import load_bench_set
+    from seminft_bench.bench.results import read_records
+    from seminft_bench.bench.runner import RunOptions, run_benchmark
+
+    bench_set = load_bench_set("demo", limit=2)
+    lora = save_random_lora(tiny_components(0).transformer, tmp_path / "lora")
+    run = RunOptions(methods=["identity", "ours"], judges=[], reward=None, metrics=["psnr", "structure"],
+                     cache=str(tmp_path / "cache"), method_options={"ours": {"base": "tiny:0", "lora": [str(lora)], "steps": 2}})  # fmt: skip
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
+    assert summary.failed == 0
+    first = read_records(tmp_path / "run" / "results.jsonl")
+    for sample in bench_set.samples:
+        output = Image.open(tmp_path / "run" / first[sample.name, "ours"]["output"])
+        assert output.size == sample.image("source").size
+    save_random_lora(tiny_components(0).transformer, lora, seed=2)  # the same file name, other weights
+    run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
+    second = read_records(tmp_path / "run" / "results.jsonl")
+    for sample in bench_set.samples:
+        assert second[sample.name, "identity"] == first[sample.name, "identity"]
+        assert second[sample.name, "ours"]["keys"]["generate"] != first[sample.name, "ours"]["keys"]["generate"]
+        assert second[sample.name, "ours"]["metrics"]["psnr"] != first[sample.name, "ours"]["metrics"]["psnr"]

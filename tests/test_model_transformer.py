@@ -1,0 +1,247 @@
+"""SemiNFTTransformer on a tiny random FLUX: faithful to diffusers, branch-isolated, cacheable."""
+
+import copy
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+from peft import LoraConfig
+
+from seminft_bench.model.conditioning import branch_attention_mask, image_ids, pack_latents
+from seminft_bench.model.transformer import SemiNFTTransformer
+
+LATENT_CHANNELS = 4  # packed: 16 = FLUX in_channels
+TEXT_TOKENS = 5
+
+
+def tiny_flux(guidance_embeds: bool = True) -> FluxTransformer2DModel:
+    torch.manual_seed(0)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * LATENT_CHANNELS,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+        guidance_embeds=guidance_embeds,
+    )
+
+
+def packed(branch: int, height: int, width: int, seed: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random packed latent tokens of a `height`×`width` latent and their position ids."""
+    latents = torch.randn(batch, LATENT_CHANNELS, height, width, generator=torch.Generator().manual_seed(seed))
+    return pack_latents(latents), image_ids(branch, height, width)
+
+
+def inputs(noisy=(8, 8), reference=(8, 8), source=(8, 8), t=0.7, guidance=True, seed=0, batch=1) -> dict:
+    """Keyword arguments of `SemiNFTTransformer.forward` for random branches of the given latent sizes."""
+    generator = torch.Generator().manual_seed(seed + 100)
+    noisy_tokens, noisy_ids = packed(0, *noisy, seed, batch)
+    reference_tokens, reference_ids = packed(1, *reference, seed + 1)
+    source_tokens, source_ids = packed(2, *source, seed + 2)
+    return dict(
+        noisy=noisy_tokens,
+        noisy_ids=noisy_ids,
+        reference=reference_tokens,
+        reference_ids=reference_ids,
+        source=source_tokens,
+        source_ids=source_ids,
+        encoder_hidden_states=torch.randn(1, TEXT_TOKENS, 32, generator=generator).expand(batch, -1, -1),
+        pooled_projections=torch.randn(1, 32, generator=generator).expand(batch, -1),
+        txt_ids=torch.zeros(TEXT_TOKENS, 3),
+        timestep=torch.full((batch,), t),
+        guidance=torch.full((batch,), 3.5) if guidance else None,
+    )
+
+
+def cached_forward(model: SemiNFTTransformer, kwargs: dict) -> torch.Tensor:
+    cache = model.build_condition_cache(
+        kwargs["reference"][:1],
+        kwargs["reference_ids"],
+        kwargs["source"][:1],
+        kwargs["source_ids"],
+        kwargs["pooled_projections"][:1],
+        None if kwargs["guidance"] is None else kwargs["guidance"][:1],
+    )
+    return model(**{**kwargs, "reference": None, "source": None}, cache=cache)
+
+
+def plain_flux(flux: FluxTransformer2DModel, kwargs: dict, image: list[str], attention_mask=None) -> torch.Tensor:
+    """diffusers' own forward over the concatenated `image` branches."""
+    out = flux(
+        hidden_states=torch.cat([kwargs[name] for name in image], dim=1),
+        encoder_hidden_states=kwargs["encoder_hidden_states"],
+        pooled_projections=kwargs["pooled_projections"],
+        timestep=kwargs["timestep"],
+        img_ids=torch.cat([kwargs[f"{name}_ids"] for name in image], dim=0),
+        txt_ids=kwargs["txt_ids"],
+        guidance=kwargs["guidance"],
+        joint_attention_kwargs=None if attention_mask is None else {"attention_mask": attention_mask},
+    ).sample
+    return out[:, : kwargs["noisy"].shape[1]]
+
+
+@pytest.mark.parametrize("guidance", [True, False])
+@torch.no_grad()
+def test_without_conditions_equals_diffusers_flux(guidance):
+    flux = tiny_flux(guidance_embeds=guidance)
+    plain = copy.deepcopy(flux)
+    model = SemiNFTTransformer(flux)
+    kwargs = inputs(guidance=guidance)
+    for name in ("reference", "source"):
+        kwargs[name] = kwargs[name][:, :0]
+        kwargs[f"{name}_ids"] = kwargs[f"{name}_ids"][:0]
+    expected = plain_flux(plain, kwargs, ["noisy"])
+    torch.testing.assert_close(model(**kwargs), expected, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_current_t_modulation_equals_diffusers_flux_with_branch_mask():
+    flux = tiny_flux()
+    plain = copy.deepcopy(flux)
+    model = SemiNFTTransformer(flux)
+    kwargs = inputs(noisy=(6, 4), reference=(4, 8), source=(6, 4))
+    n_noisy, n_reference, n_source = (kwargs[name].shape[1] for name in ("noisy", "reference", "source"))
+    mask = branch_attention_mask(TEXT_TOKENS, n_noisy, n_reference, n_source)[None, None]
+    expected = plain_flux(plain, kwargs, ["noisy", "reference", "source"], attention_mask=mask)
+    unmasked = plain_flux(plain, kwargs, ["noisy", "reference", "source"])
+    actual = model(**kwargs, condition_timestep=None)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert (actual - unmasked).abs().max() > 1e-3  # the mask matters
+
+
+def condition_projections(model: SemiNFTTransformer, kwargs: dict, **options) -> list[torch.Tensor]:
+    """Key and value projections of the condition tokens (the last ones) in every block."""
+    n_conditions = kwargs["reference"].shape[1] + kwargs["source"].shape[1]
+    captured = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out: captured.append(out[:, -n_conditions:]))
+        for name, module in model.flux.named_modules()
+        if name.endswith(("attn.to_k", "attn.to_v"))
+    ]
+    try:
+        model(**kwargs, **options)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(captured) == 2 * 4
+    return captured
+
+
+@torch.no_grad()
+def test_condition_keys_values_ignore_noisy_latent_text_and_timestep():
+    model = SemiNFTTransformer(tiny_flux())
+    first = inputs(t=0.9, seed=0)
+    second = {**inputs(t=0.2, seed=7), **{k: first[k] for k in ("reference", "source", "pooled_projections")}}
+    assert not torch.equal(first["noisy"], second["noisy"])
+    assert not torch.equal(first["encoder_hidden_states"], second["encoder_hidden_states"])
+    for a, b in zip(condition_projections(model, first), condition_projections(model, second)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+    # With the current t modulating the conditions (ablation), a new t changes them.
+    same_noise_later = {**first, "timestep": second["timestep"]}
+    ablated_first = condition_projections(model, first, condition_timestep=None)
+    ablated_later = condition_projections(model, same_noise_later, condition_timestep=None)
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(ablated_first, ablated_later))
+
+
+@torch.no_grad()
+def test_fixed_condition_timestep_is_the_ablation_at_that_t():
+    model = SemiNFTTransformer(tiny_flux())
+    late = inputs(t=0.8)
+    at_zero = {**late, "timestep": torch.zeros(1)}
+    fixed = condition_projections(model, late, condition_timestep=0.0)
+    current_t_at_zero = condition_projections(model, at_zero, condition_timestep=None)
+    for a, b in zip(fixed, current_t_at_zero):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_output_depends_on_reference_and_source():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs()
+    out = model(**kwargs)
+    for name, branch in (("reference", 1), ("source", 2)):
+        other, _ = packed(branch, 8, 8, seed=42)
+        assert (model(**{**kwargs, name: other}) - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("guidance", [True, False])
+@torch.no_grad()
+def test_condition_cache_matches_full_forward(guidance):
+    model = SemiNFTTransformer(tiny_flux(guidance_embeds=guidance))
+    for t in (1.0, 0.6, 0.25, 0.0):
+        kwargs = inputs(t=t, guidance=guidance, seed=int(t * 10))
+        torch.testing.assert_close(cached_forward(model, kwargs), model(**kwargs), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_condition_cache_is_shared_across_a_batch():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs(batch=3)
+    repeated = {name: kwargs[name].expand(3, -1, -1) for name in ("reference", "source")}
+    full = model(**{**kwargs, **repeated})
+    torch.testing.assert_close(cached_forward(model, kwargs), full, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_cache_refuses_another_condition_timestep():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs()
+    conditions = [kwargs[name] for name in ("reference", "reference_ids", "source", "source_ids")]
+    cache = model.build_condition_cache(*conditions, kwargs["pooled_projections"], kwargs["guidance"])
+    for condition_timestep in (None, 0.5):
+        with pytest.raises(ValueError, match="condition_timestep"):
+            model(**kwargs, condition_timestep=condition_timestep, cache=cache)
+    with pytest.raises(ValueError, match="without a cache"):
+        model.build_condition_cache(
+            *conditions, kwargs["pooled_projections"], kwargs["guidance"], condition_timestep=None
+        )
+
+
+@torch.no_grad()
+def test_non_square_branches_of_different_sizes():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs(noisy=(12, 8), reference=(8, 16), source=(12, 8))  # token grids 6×4, 4×8, 6×4
+    out = model(**kwargs)
+    assert out.shape == (1, 24, 4 * LATENT_CHANNELS)
+    torch.testing.assert_close(cached_forward(model, kwargs), out, atol=1e-5, rtol=0)
+    # The reference's own grid matters: the same tokens laid out 8×4 instead of 4×8 condition differently.
+    transposed_ids = image_ids(1, 16, 8)
+    assert (model(**{**kwargs, "reference_ids": transposed_ids}) - out).abs().max() > 1e-5
+
+
+@torch.no_grad()
+def test_lora_on_flux_is_used_and_cache_still_exact():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs()
+    before = model(**kwargs)
+    model.flux.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "ff.net.2"])
+    )
+    lora_b = [p for name, p in model.flux.named_parameters() if "lora_B" in name]
+    assert lora_b
+    generator = torch.Generator().manual_seed(3)
+    for parameter in lora_b:
+        parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    after = model(**kwargs)
+    assert (after - before).abs().max() > 1e-4
+    torch.testing.assert_close(cached_forward(model, kwargs), after, atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs()
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(**kwargs).square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    model.flux.enable_gradient_checkpointing()
+    for a, b in zip(plain, gradients(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
