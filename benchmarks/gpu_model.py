@@ -1,0 +1,143 @@
+"""SemiNFT model figures on one GPU: SFT step time and peak memory, and 28-step inference with and without
+the condition KV cache, on a transformer of FLUX.1-dev's real size with random bf16 weights (no download).
+
+    .venv/bin/python benchmarks/gpu_model.py            # FLUX.1-dev dimensions, CUDA, bf16
+    .venv/bin/python benchmarks/gpu_model.py --tiny     # the tiny test config on CPU (to debug this script)
+
+Inputs are 512² target + reference + source, i.e. 3 × 1,024 image tokens, and 512 text tokens,
+as in the paper's training. An SFT step is one LoRA forward and backward of the rectified-flow
+loss on the noisy branch (rank 16 on the attention and feed-forward projections) and an AdamW
+step; it is timed with and without gradient checkpointing. Inference is 28 Euler steps of the
+transformer alone (the VAE is not part of the comparison), the condition tokens computed at every
+step (no cache) or once (cache). Targets (issue #11): SFT step ≤ 1.0 s, cache ≥ 2× faster.
+"""
+
+import argparse
+import time
+
+import torch
+from diffusers import FluxTransformer2DModel
+from peft import LoraConfig
+
+from seminft_bench.model.components import lora_target_regex
+from seminft_bench.model.conditioning import image_ids
+from seminft_bench.model.config import LORA_TARGET_MODULES
+from seminft_bench.model.transformer import SemiNFTTransformer
+
+FLUX_DEV = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56), guidance_embeds=True,
+)
+TINY = dict(
+    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+    joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True,
+)
+
+
+def inputs(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """Random packed branches on a grid × grid token layout (32 × 32 = 1,024 tokens for 512² at FLUX's 16×)."""
+    tokens = grid * grid
+    latent = 2 * grid  # image_ids takes the latent size; packing halves it
+
+    def branch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(1, tokens, config["in_channels"], device=device, dtype=dtype), image_ids(i, latent, latent, device=device)
+
+    (noisy, noisy_ids), (reference, reference_ids), (source, source_ids) = branch(0), branch(1), branch(2)
+    return dict(
+        noisy=noisy, noisy_ids=noisy_ids, reference=reference, reference_ids=reference_ids, source=source,
+        source_ids=source_ids, txt_ids=torch.zeros(text_tokens, 3, device=device),
+        encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"], device=device, dtype=dtype),
+        pooled_projections=torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype),
+        guidance=torch.full((1,), 3.5, device=device),
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function, device: torch.device, repeats: int) -> float:
+    function()  # warm-up (kernels, allocator)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def sft_step_seconds(model: SemiNFTTransformer, batch: dict, checkpointing: bool, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Seconds per LoRA SFT step and the peak memory in GiB (0 on CPU)."""
+    flux = model.flux
+    flux.enable_gradient_checkpointing() if checkpointing else flux.disable_gradient_checkpointing()
+    flux.train()
+    optimizer = torch.optim.AdamW([p for p in flux.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        t = torch.rand(1, device=device)
+        noise = torch.randn_like(batch["noisy"])
+        noisy = (1 - t) * batch["noisy"] + t * noise
+        prediction = model(**{**batch, "noisy": noisy}, timestep=t)
+        loss = torch.nn.functional.mse_loss(prediction.float(), (noise - batch["noisy"]).float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(step, device, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+    return seconds, peak
+
+
+@torch.inference_mode()
+def inference_seconds(model: SemiNFTTransformer, batch: dict, cached: bool, steps: int, device: torch.device) -> float:
+    model.flux.eval()
+    conditions = {key: batch[key] for key in ("reference", "reference_ids", "source", "source_ids")}
+    text = {key: batch[key] for key in ("encoder_hidden_states", "pooled_projections", "txt_ids")}
+
+    def run() -> None:
+        latents, cache = batch["noisy"], None
+        if cached:
+            cache = model.build_condition_cache(**conditions, pooled_projections=text["pooled_projections"], guidance=batch["guidance"])
+        for i in range(steps):
+            t = torch.full((1,), 1 - i / steps, device=device)
+            step_conditions = dict.fromkeys(conditions) if cached else conditions
+            velocity = model(latents, batch["noisy_ids"], **step_conditions, **text, timestep=t, guidance=batch["guidance"], cache=cache)
+            latents = latents - velocity / steps
+
+    return timed(run, device, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="The tiny test transformer on CPU.")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=28)
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    config = TINY if args.tiny else FLUX_DEV
+    grid, text_tokens = (4, 8) if args.tiny else (32, 512)
+    torch.manual_seed(0)
+    with torch.device(device):  # built on the GPU directly: 12B random parameters never touch the host
+        flux = FluxTransformer2DModel(**config)
+    if dtype != torch.float32:
+        flux = flux.to(dtype)
+    flux.requires_grad_(False)
+    flux.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=lora_target_regex(LORA_TARGET_MODULES)), adapter_name="coldstart")
+    model = SemiNFTTransformer(flux)
+    batch = inputs(config, grid, text_tokens, device, dtype)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"{'tiny' if args.tiny else 'FLUX.1-dev-sized'} transformer, {dtype}, on {name}: 3 x {grid * grid} image + {text_tokens} text tokens")
+    for checkpointing in (False, True):
+        seconds, peak = sft_step_seconds(model, batch, checkpointing, device, args.repeats)
+        print(f"  SFT step, checkpointing {'on ' if checkpointing else 'off'}: {seconds:.3f} s, peak {peak:.1f} GiB")
+    plain = inference_seconds(model, batch, cached=False, steps=args.steps, device=device)
+    cached = inference_seconds(model, batch, cached=True, steps=args.steps, device=device)
+    print(f"  {args.steps}-step inference: no cache {plain:.2f} s, condition cache {cached:.2f} s: {plain / cached:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
