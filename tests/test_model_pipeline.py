@@ -102,6 +102,7 @@ def test_ours_runs_in_the_benchmark_and_a_changed_lora_is_remade(tmp_path):
     summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
     assert summary.failed == 0
     first = read_records(tmp_path / "run" / "results.jsonl")
+    assert "ours: a tiny random-weight smoke model (tiny:0)" in (tmp_path / "run" / "report.md").read_text()
     for sample in bench_set.samples:
         output = Image.open(tmp_path / "run" / first[sample.name, "ours"]["output"])
         assert output.size == sample.image("source").size

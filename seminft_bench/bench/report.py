@@ -278,6 +278,9 @@ def _notes(table: Table, info: dict) -> list[str]:
             notes.append("Color dist.: sliced Wasserstein distance to the reference's CIELAB colours (0: the same colours).")
         if col.key == "structure":
             notes.append("Structure: correlation of luminance gradients with the source (1: the source's edges exactly).")
+    for method, settings in info.get("settings", {}).get("methods", {}).items():
+        if str(settings.get("base", "")).startswith("tiny:"):
+            notes.append(f"{method}: a tiny random-weight smoke model ({settings['base']}): it shows the flow runs, not the method's quality.")
     counts = [(c.label, next((e.n for m in table.methods if (e := table.cells.get((m, c.key)))), 0)) for c in table.columns]
     shown = ", ".join(f"{label} {n}" for label, n in counts if n)
     if shown:
