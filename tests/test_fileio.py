@@ -39,7 +39,8 @@ def test_any_number_of_kills_mid_write_lose_no_finished_record(tmp_path):
             with path.open("a") as f:  # the kill: half a line, no newline
                 f.write(json.dumps(record("torn", kill))[: 5 + 7 * kill])
         records = read_records(path)
-    assert len(dropped) == 6  # each torn tail dropped once, when next opened
+    torn = [w for w in dropped if "dropping an incomplete" in str(w.message)]
+    assert len(torn) == 6  # each torn tail dropped once, when next opened
     assert sorted(s for s, _ in records) == sorted(finished)
 
 
