@@ -71,6 +71,10 @@ def test_a_saved_lora_loads_changes_the_output_and_is_hashed(tmp_path):
     again = SemiNFTPipeline.from_pretrained("tiny:0", lora=[folder]).denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded())
     assert torch.equal(with_lora, again)
     assert list(pipe.lora_hashes()) == ["coldstart"] and len(pipe.lora_hashes()["coldstart"]) == 64
+    rl = save_random_lora(tiny_components(0).transformer, tmp_path / "rl", seed=3)
+    both = SemiNFTPipeline.from_pretrained("tiny:0", lora=[folder, rl])  # cold-start then RL, as stage 2 generates
+    assert list(both.lora_hashes()) == ["coldstart", "rl"]
+    assert not torch.allclose(with_lora, both.denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded()))
 
 
 def test_a_lora_for_another_model_fails_clearly(tmp_path):

@@ -255,6 +255,7 @@ def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.M
         for part, axis, attribute in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
             if key.endswith(part):
                 layer = modules.get(key.removesuffix(part))
+                layer = getattr(layer, "base_layer", layer)  # a layer that already holds a LoRA wraps the linear one
                 if not isinstance(layer, torch.nn.Linear):
                     problems.append(f"{key}: no such linear layer")
                 elif tensor.shape[axis] != getattr(layer, attribute):
