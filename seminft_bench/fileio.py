@@ -5,24 +5,59 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+
+_writes = threading.Condition()
+_writes_in_flight = 0
+_writes_closed = False
+
+
+@contextmanager
+def _write_slot():
+    """Count a write in flight; once `close_writes` ran, block forever (the process is leaving)."""
+    global _writes_in_flight
+    with _writes:
+        _writes.wait_for(lambda: not _writes_closed)
+        _writes_in_flight += 1
+    try:
+        yield
+    finally:
+        with _writes:
+            _writes_in_flight -= 1
+            _writes.notify_all()
+
+
+def close_writes(timeout: float = 5.0) -> bool:
+    """Before ``os._exit``: let the writes in flight in other threads finish and hold back new ones.
+
+    A job that leaves with ``os._exit`` (Ctrl-C while threads still run) would otherwise cut
+    a worker's atomic write between its temporary file and the rename. Returns whether every
+    write finished within ``timeout`` seconds.
+    """
+    global _writes_closed
+    with _writes:
+        _writes_closed = True
+        return _writes.wait_for(lambda: _writes_in_flight == 0, timeout)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _write_slot():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -125,7 +160,7 @@ class JsonLines:
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
+        with _write_slot(), self.path.open("a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

@@ -76,3 +76,22 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         holder.wait()
     with FolderLock(tmp_path):  # the dead holder's lock file is still there, and is taken over
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_leaving_with_os_exit_after_close_writes_leaves_no_half_written_file(tmp_path):
+    # a worker thread writes large files back to back; the main thread leaves as the CLI does on Ctrl-C
+    script = f"""
+import os, threading, time
+from seminft_bench.fileio import atomic_write_bytes, close_writes
+data = os.urandom(1 << 24)
+def work():
+    for i in range(1000):
+        atomic_write_bytes({str(tmp_path)!r} + f"/file{{i % 3}}.bin", data)
+threading.Thread(target=work).start()
+time.sleep(0.3)
+assert close_writes(timeout=30)
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert all(path.stat().st_size == 1 << 24 for path in tmp_path.glob("file*.bin"))

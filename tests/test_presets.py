@@ -247,6 +247,17 @@ def test_hsl_hue_rotates_towards_the_neighbouring_band():
     assert 20 < shift < 35  # +100 is +30° in Oklab hue, towards purple
 
 
+def test_a_hue_a_hair_below_the_first_band_centre_takes_that_bands_value():
+    # wrapped by +360° such a hue rounds onto the closing centre; the blend must still be the first band's
+    from seminft_bench.presets.grading import BAND_HUES_DEG, _band_blend
+
+    first = BAND_HUES_DEG[0]
+    hues = np.array([np.nextafter(first, 0.0), first, np.nextafter(first, 360.0)])
+    values = {band: 10.0 * i for i, band in enumerate(HSL_BANDS)}
+    values[HSL_BANDS[0]] = 50.0
+    np.testing.assert_allclose(_band_blend(hues, values), 50.0, atol=1e-6)
+
+
 def test_colour_grading_tints_shadows_and_highlights_apart():
     preset = Preset(
         grading_shadows={"hue": 190, "saturation": 60}, grading_highlights={"hue": 35, "saturation": 60}

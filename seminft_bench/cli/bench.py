@@ -53,7 +53,7 @@ def run_command(
     them) and 130 on Ctrl-C (rerun the same command to resume).
     """
     from seminft_bench.bench.runner import RunOptions, run_benchmark
-    from seminft_bench.fileio import FolderLocked
+    from seminft_bench.fileio import FolderLocked, close_writes
     from seminft_bench.imaging import ImageReadError
 
     options = RunOptions(
@@ -71,6 +71,7 @@ def run_command(
         typer.echo(f"\ninterrupted: everything finished so far is kept in {out}; rerun the same command to resume", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
+        close_writes()  # a worker's write in flight completes; none starts after
         os._exit(130)  # calls still in flight hold threads that would keep the process alive: leave now
     typer.echo(
         f"{summary.samples} samples, {summary.cells} (sample, method) records, {summary.failed} failed cells "

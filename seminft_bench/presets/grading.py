@@ -388,7 +388,8 @@ def _band_blend(hue_deg: np.ndarray, values: Mapping[str, float]) -> np.ndarray:
     centres = np.append(BAND_HUES_DEG, BAND_HUES_DEG[0] + 360.0)
     v = np.array([values[band] for band in HSL_BANDS] + [values[HSL_BANDS[0]]])
     h = np.where(hue_deg < centres[0], hue_deg + 360.0, hue_deg)
-    i = np.searchsorted(centres, h, side="right") - 1
+    # a hue a hair below the first centre can round, once wrapped, onto the last one: t = 1 there
+    i = np.minimum(np.searchsorted(centres, h, side="right") - 1, len(centres) - 2)
     t = (h - centres[i]) / (centres[i + 1] - centres[i])
     return v[i] + (v[i + 1] - v[i]) * np.sin(0.5 * np.pi * t) ** 2
 
