@@ -33,18 +33,23 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def _transformer_output(components: FluxComponents) -> torch.Tensor:
     """One denoiser call on fixed inputs: 64 image tokens (a 64×64 image) and 8 text tokens."""
-    g = torch.Generator().manual_seed(1)
-    prompt = tiny_prompt_embeddings("a prompt")
     with torch.no_grad():
-        return components.transformer(
-            hidden_states=torch.randn(1, 64, 16, generator=g),
-            encoder_hidden_states=prompt.prompt_embeds,
-            pooled_projections=prompt.pooled_prompt_embeds,
-            timestep=torch.tensor([0.7]),
-            img_ids=torch.zeros(64, 3),
-            txt_ids=prompt.text_ids,
-            guidance=torch.tensor([3.5]),
-        ).sample
+        return _transformer_output_with_grad(components)
+
+
+def _transformer_output_with_grad(components: FluxComponents) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    dtype = components.transformer.dtype
+    prompt = tiny_prompt_embeddings("a prompt").to(dtype=dtype)
+    return components.transformer(
+        hidden_states=torch.randn(1, 64, 16, generator=g).to(dtype),
+        encoder_hidden_states=prompt.prompt_embeds,
+        pooled_projections=prompt.pooled_prompt_embeds,
+        timestep=torch.tensor([0.7], dtype=dtype),
+        img_ids=torch.zeros(64, 3),
+        txt_ids=prompt.text_ids,
+        guidance=torch.tensor([3.5], dtype=dtype),
+    ).sample
 
 
 def _save_diffusers_folder(components: FluxComponents, folder) -> None:
@@ -191,3 +196,38 @@ def test_lora_target_regex_adapts_every_block_and_nothing_else():
     ]
     assert adapted == set(double + single)
     assert "proj_out" not in adapted  # the model's final projection
+
+
+def test_a_float8_base_keeps_its_outputs_and_trains_only_the_lora_on_top(tmp_path):
+    from torchao.quantization import Float8Tensor
+
+    from seminft_bench.model.lora import add_lora
+
+    original = tiny_components(seed=5)
+    _save_diffusers_folder(original, tmp_path)
+    quantized = load_components(tmp_path, device="cpu", dtype=torch.bfloat16, quantize="float8")
+    weight = quantized.transformer.transformer_blocks[0].attn.to_q.weight
+    assert isinstance(weight, Float8Tensor)
+    # e4m3 keeps 3 mantissa bits: the weights within 2^-4 relative, the outputs near the float32 model's
+    dequantized = weight.dequantize().float()
+    reference = original.transformer.transformer_blocks[0].attn.to_q.weight
+    assert ((dequantized - reference).abs() <= reference.abs() / 16 + 1e-3).all()
+    expected, got = _transformer_output(original), _transformer_output(quantized).float()
+    assert (got - expected).norm() / expected.norm() < 0.1
+
+    add_lora(quantized.transformer, "coldstart", rank=2, alpha=2, target_modules=LORA_TARGET_MODULES, seed=0)
+    frozen = weight.dequantize().clone()
+    trainable = [p for p in quantized.transformer.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _transformer_output_with_grad(quantized).float().square().mean().backward()
+    optimizer.step()
+    assert all(p.grad is not None for p in trainable)
+    assert torch.equal(quantized.transformer.transformer_blocks[0].attn.to_q.base_layer.weight.dequantize(), frozen)
+
+
+def test_nf4_needs_a_cuda_gpu(tmp_path):
+    _save_diffusers_folder(tiny_components(seed=5), tmp_path)
+    with pytest.raises(ValueError, match="nf4 runs on CUDA GPUs only"):
+        load_components(tmp_path, device="cpu", quantize="nf4")

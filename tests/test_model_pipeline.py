@@ -77,6 +77,32 @@ def test_a_saved_lora_loads_changes_the_output_and_is_hashed(tmp_path):
     assert not torch.allclose(with_lora, both.denoise(SOURCE, REFERENCE, num_inference_steps=2, generator=seeded()))
 
 
+def test_a_main_branch_lora_leaves_the_condition_pass_to_the_base_and_cache_on_equals_off(tmp_path):
+    import json
+
+    from seminft_bench.model.lora import TRAINING_FILE
+
+    main_only = save_random_lora(tiny_components(0).transformer, tmp_path / "main")
+    (main_only / TRAINING_FILE).write_text(json.dumps({"adapter": "coldstart", "lora_on": "main"}))
+    everywhere = save_random_lora(tiny_components(0).transformer, tmp_path / "all")  # same weights, no record
+    main_pipe, all_pipe = (SemiNFTPipeline.from_pretrained("tiny:0", lora=[f]) for f in (main_only, everywhere))
+    base = SemiNFTPipeline.tiny(0)
+
+    def condition_kv(pipe):
+        source, reference = pipe._encode(Image.fromarray(SOURCE)), pipe._encode(Image.fromarray(REFERENCE))
+        return pipe.condition_cache(pipe._condition_tokens(source, reference), pipe._text_inputs(1), pipe._guidance(3.5, 1)).kv
+
+    # the condition keys/values are exactly the base model's, as in lora_on: main training
+    for (k, v), (k0, v0) in zip(condition_kv(main_pipe), condition_kv(base), strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    assert not torch.equal(condition_kv(all_pipe)[0][0], condition_kv(base)[0][0])
+    assert main_pipe.components.transformer.active_adapters() == ["coldstart"]  # restored after the pass
+    cached = main_pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded())
+    full = main_pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded(), use_condition_cache=False)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+    assert not torch.allclose(cached, all_pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded()))
+
+
 def test_a_lora_for_another_model_fails_clearly(tmp_path):
     from diffusers import FluxTransformer2DModel
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from seminft_bench.imaging import sample_photo
 from seminft_bench.model.config import SFTConfig
 from seminft_bench.model.pipeline import LoraMismatchError, SemiNFTPipeline
-from seminft_bench.model.sft import ADAPTER, LORA_FILE, DatasetError, lora_state, train_sft
+from seminft_bench.model.lora import LORA_FILE, lora_state
+from seminft_bench.model.sft import ADAPTER, DatasetError, train_sft
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -99,10 +100,10 @@ def trained(coldstart, tmp_path_factory):
     """A 4-step run's folder and its in-memory transformer."""
     from seminft_bench.model import sft
 
-    transformers, add_lora = [], sft.add_lora
+    transformers, add_lora = [], sft.add_coldstart_lora
     folder = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sft, "add_lora", lambda flux, config: (transformers.append(flux), add_lora(flux, config))[1])
+        patch.setattr(sft, "add_coldstart_lora", lambda flux, config: (transformers.append(flux), add_lora(flux, config))[1])
         out = train_sft(tiny_config(coldstart, folder / "run", steps=4), tiny=True, cache_dir=folder / "cache")
     return out, transformers[0]
 
@@ -114,7 +115,7 @@ def test_saved_lora_is_the_trained_one_and_loads_with_diffusers(trained):
     pipe = SemiNFTPipeline.tiny(0)
     plain = generate(pipe)
     load_with_diffusers(pipe, out)
-    loaded, in_memory = lora_state(pipe.components.transformer), lora_state(flux)
+    loaded, in_memory = lora_state(pipe.components.transformer, ADAPTER), lora_state(flux, ADAPTER)
     assert loaded.keys() == in_memory.keys() and all(torch.equal(loaded[k], in_memory[k]) for k in loaded)
     with_lora = generate(pipe)
     assert not np.array_equal(with_lora, plain)
@@ -128,7 +129,7 @@ def test_saved_lora_loads_with_semi_nft_pipeline(trained):
     by_diffusers, ours = SemiNFTPipeline.tiny(0), SemiNFTPipeline.tiny(0)
     load_with_diffusers(by_diffusers, out)
     ours.load_lora_weights(out, adapter_name=ADAPTER)
-    loaded, in_memory = lora_state(ours.components.transformer), lora_state(flux)
+    loaded, in_memory = lora_state(ours.components.transformer, ADAPTER), lora_state(flux, ADAPTER)
     assert loaded.keys() == in_memory.keys() and all(torch.equal(loaded[k], in_memory[k]) for k in loaded)
     assert np.array_equal(generate(ours), generate(by_diffusers))
 
@@ -155,10 +156,10 @@ from seminft_bench.model import sft
 from seminft_bench.model.config import load_config
 
 trained = []
-add_lora = sft.add_lora
-sft.add_lora = lambda flux, config: (trained.append(flux), add_lora(flux, config))[1]
+add_lora = sft.add_coldstart_lora
+sft.add_coldstart_lora = lambda flux, config: (trained.append(flux), add_lora(flux, config))[1]
 out = sft.train_sft(load_config(sys.argv[1]), tiny=True, cache_dir=sys.argv[2])
-state = {name: tensor.contiguous() for name, tensor in sft.lora_state(trained[0]).items()}
+state = {name: tensor.contiguous() for name, tensor in sft.lora_state(trained[0], sft.ADAPTER).items()}
 save_file(state, str(out / f"rank{os.environ['RANK']}.safetensors"))
 """
 
@@ -203,12 +204,13 @@ def test_bad_dataset_fails_before_training(tmp_path, kind, message):
 
 def test_resuming_from_a_lora_of_another_model_fails_before_training(coldstart, tmp_path):
     from seminft_bench.model.components import tiny_components
-    from seminft_bench.model.sft import add_lora, save_lora
+    from seminft_bench.model.lora import save_lora
+    from seminft_bench.model.sft import add_coldstart_lora
 
     checkpoint = tmp_path / "other" / "checkpoints" / "step-00000001"
     flux = tiny_components(0).transformer
-    add_lora(flux, tiny_config(coldstart, tmp_path / "other", lora_rank=2, lora_alpha=2))
-    save_lora(flux, checkpoint)
+    add_coldstart_lora(flux, tiny_config(coldstart, tmp_path / "other", lora_rank=2, lora_alpha=2))
+    save_lora(flux, checkpoint, ADAPTER)
     run = tmp_path / "run"
     with pytest.raises(LoraMismatchError, match=r"not a LoRA of this run.*\(2, 32\) in the file, \(4, 32\) here"):
         train_sft(tiny_config(coldstart, run), tiny=True, cache_dir=tmp_path / "cache", resume=str(checkpoint))

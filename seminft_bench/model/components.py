@@ -122,6 +122,7 @@ def load_components(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    quantize: str | None = None,
 ) -> FluxComponents:
     """Transformer, VAE and scheduler of ``base``, from local files only.
 
@@ -130,14 +131,19 @@ def load_components(
     to CUDA when present; ``dtype`` to bfloat16 on CUDA (FLUX's own precision) and float32
     on CPU (bf16 matmuls are slow or missing there). Raises `MissingWeightsError` when the
     model or one of its parts is not on this machine.
+
+    ``quantize`` stores the frozen transformer's weights as ``"nf4"`` (bitsandbytes, CUDA only)
+    or ``"float8"`` (torchao, weight-only e4m3) for 24–48 GB cards; LoRA layers train on top.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     base = os.fspath(base)
     if base.startswith(TINY_PREFIX):
+        if quantize:
+            raise ValueError(f"quantize {quantize!r} applies when loading a saved model: save the tiny one to a folder first")
         components = tiny_components(_tiny_seed(base), dtype=dtype)
     else:
-        components = _load_from_folder(locate_weights(base), base, dtype)
+        components = _load_from_folder(locate_weights(base), base, dtype, quantization_config(quantize, device))
     components.transformer.to(device)
     components.vae.to(device)
     return components
@@ -177,7 +183,25 @@ def how_to_provide(base: str) -> str:
     )
 
 
-def _load_from_folder(folder: Path, base: str, dtype: torch.dtype) -> FluxComponents:
+def quantization_config(kind: str | None, device: torch.device):
+    """diffusers' quantisation config of the transformer: NF4 through bitsandbytes, float8 through torchao."""
+    if kind is None:
+        return None
+    if kind == "nf4":
+        if device.type != "cuda":
+            raise ValueError(f"quantize nf4 runs on CUDA GPUs only (bitsandbytes); this run is on {device.type}")
+        from diffusers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    if kind == "float8":
+        from diffusers import TorchAoConfig
+        from torchao.quantization import Float8WeightOnlyConfig
+
+        return TorchAoConfig(Float8WeightOnlyConfig())
+    raise ValueError(f"quantize must be nf4 or float8, got {kind!r}")
+
+
+def _load_from_folder(folder: Path, base: str, dtype: torch.dtype, quantization=None) -> FluxComponents:
     missing = [name for name in SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
         raise MissingWeightsError(
@@ -185,7 +209,7 @@ def _load_from_folder(folder: Path, base: str, dtype: torch.dtype) -> FluxCompon
         )
     try:
         transformer = FluxTransformer2DModel.from_pretrained(
-            folder, subfolder="transformer", dtype=dtype, local_files_only=True
+            folder, subfolder="transformer", dtype=dtype, local_files_only=True, quantization_config=quantization
         )
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=dtype, local_files_only=True)
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(

@@ -99,7 +99,8 @@ class SFTConfig:
     mixed_precision: Literal["no", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
     quantize_base: Literal["nf4", "float8"] | None = None
-    """Quantise the frozen base weights to fit smaller GPUs; None keeps them in bf16."""
+    """Store the frozen base's weights as NF4 (bitsandbytes, CUDA) or float8 (torchao, weight-only) to fit
+    24–48 GB cards; None keeps them in bf16. A tiny base must be saved to a folder first."""
 
     log_every: int = 10
     validate_every: int = 500

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,13 @@ from seminft_bench.imaging import ImageSource, read_image, to_array
 from seminft_bench.model.caches import PromptEmbeddings
 from seminft_bench.model.components import DEFAULT_BASE, FluxComponents
 from seminft_bench.model.conditioning import image_ids, pack_latents, unpack_latents
-from seminft_bench.model.transformer import SemiNFTTransformer
+from seminft_bench.model.lora import LORA_FILE, LoraMismatchError, trained_on
+from seminft_bench.model.transformer import ConditionCache, SemiNFTTransformer
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
 DEFAULT_PIXEL_AREA = 512 * 512
 """The paper trains and evaluates at 512² (§4); other aspect ratios keep this area."""
 TINY_PIXEL_AREA = 64 * 64
-
-
-class LoraMismatchError(ValueError):
-    """A LoRA file whose layers or shapes do not belong to this pipeline's transformer."""
 
 
 class SemiNFTPipeline:
@@ -59,6 +57,9 @@ class SemiNFTPipeline:
         self.pixel_area = pixel_area
         self.condition_timestep = condition_timestep
         self.lora_files: dict[str, Path] = {}
+        self.lora_on: dict[str, str] = {}
+        """Per adapter, the tokens it was trained on (``all``, or ``main``: the condition pass runs without it)."""
+        self.active_adapters: tuple[list[str], list[float] | None] = ([], None)
 
     # ------------------------------------------------------------------ construction
 
@@ -121,6 +122,8 @@ class SemiNFTPipeline:
 
         Every layer and shape is checked against this transformer first: a LoRA trained for another
         model fails here, naming the first layers that do not fit, instead of loading half of it.
+        A LoRA that `seminft-train` trained with ``lora_on: main`` (its ``seminft_lora.json`` says
+        so) is left out of the condition pass, as in training.
         """
         from diffusers import FluxPipeline
 
@@ -129,11 +132,38 @@ class SemiNFTPipeline:
         state_dict = state_dict[0] if isinstance(state_dict, tuple) else state_dict
         state_dict = {key.removeprefix("transformer."): value for key, value in state_dict.items()}
         check_lora_fits(state_dict, self.components.transformer, path)
+        lora_on = trained_on(path)
         self.components.transformer.load_lora_adapter(state_dict, adapter_name=adapter_name, prefix=None)
         self.lora_files[adapter_name] = path
+        self.lora_on[adapter_name] = lora_on
+        self.active_adapters = (self.components.transformer.active_adapters(), None)
 
     def set_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None) -> None:
-        self.components.transformer.set_adapters(list(names), list(weights) if weights is not None else None)
+        """Activate the adapters ``names`` with ``weights`` (default 1 each), as diffusers' ``set_adapters``."""
+        weights = list(weights) if weights is not None else None
+        self.components.transformer.set_adapters(list(names), weights)
+        self.active_adapters = (list(names), weights)
+
+    @contextmanager
+    def condition_pass(self) -> Iterator[None]:
+        """The adapters of the condition tokens' pass: the active ones, less those trained with ``lora_on: main``."""
+        flux = self.components.transformer
+        names, weights = self.active_adapters
+        kept = [(name, 1.0 if weights is None else weight) for name, weight in zip(names, weights or names)
+                if self.lora_on.get(name, "all") == "all"]
+        if len(kept) == len(names):
+            yield
+            return
+        if kept:
+            flux.set_adapters([name for name, _ in kept], [weight for _, weight in kept])
+        else:
+            flux.disable_adapters()
+        try:
+            yield
+        finally:
+            if not kept:
+                flux.enable_adapters()
+            flux.set_adapters(list(names), weights)
 
     # ------------------------------------------------------------------ inference
 
@@ -176,22 +206,29 @@ class SemiNFTPipeline:
         noisy_ids = image_ids(0, height, width, device=self.device)
         text = self._text_inputs(batch)
         guidance = self._guidance(guidance_scale, batch)
-        cache = None
-        if use_condition_cache:
-            cache = self.transformer.build_condition_cache(
-                **conditions, pooled_projections=text["pooled_projections"], guidance=guidance,
-                condition_timestep=self.condition_timestep,
-            )
-            conditions = dict.fromkeys(conditions)  # the steps read the cache instead
+        # A LoRA trained on the main branch only never touches the conditions: they then always go
+        # through the cache, built once (cache on) or at every step (cache off, same numbers).
+        per_step_cache = not use_condition_cache and set(self.lora_on.values()) & {"main"}
+        cache = self.condition_cache(conditions, text, guidance) if use_condition_cache else None
         scheduler = self._scheduler(num_inference_steps, latents.shape[1])
         for t in scheduler.timesteps:
             timestep = (t / 1000).expand(batch).to(latents.dtype)
+            if per_step_cache:
+                cache = self.condition_cache(conditions, text, guidance)
             velocity = self.transformer(
-                latents, noisy_ids, **conditions, **text, timestep=timestep, guidance=guidance,
-                condition_timestep=self.condition_timestep, cache=cache,
+                latents, noisy_ids, **(dict.fromkeys(conditions) if cache else conditions), **text,
+                timestep=timestep, guidance=guidance, condition_timestep=self.condition_timestep, cache=cache,
             )
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
         return unpack_latents(latents, height, width)
+
+    def condition_cache(self, conditions: dict, text: dict, guidance: torch.Tensor | None) -> ConditionCache:
+        """The condition tokens' keys and values in every block, under the condition pass's adapters."""
+        with self.condition_pass():
+            return self.transformer.build_condition_cache(
+                **conditions, pooled_projections=text["pooled_projections"], guidance=guidance,
+                condition_timestep=self.condition_timestep,
+            )
 
     def work_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) with the pixel area, the aspect ratio of ``size`` and sides in multiples of the patch."""
@@ -267,7 +304,7 @@ def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.M
 
 
 def _weights_file(path: Path) -> Path:
-    return path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    return path / LORA_FILE if path.is_dir() else path
 
 
 def file_sha256(path: Path) -> str:

@@ -48,13 +48,13 @@ from PIL import Image
 
 from seminft_bench.imaging import image_grid, read_image, to_array
 from seminft_bench.model.caches import LatentCache, PromptEmbeddings, vae_identity
-from seminft_bench.model.components import TINY_PREFIX, FluxComponents, lora_target_regex
+from seminft_bench.model.components import TINY_PREFIX, FluxComponents
 from seminft_bench.model.conditioning import image_ids, pack_latents
 from seminft_bench.model.config import SFTConfig, save_config
-from seminft_bench.model.pipeline import LoraMismatchError, SemiNFTPipeline, default_cache_dir
+from seminft_bench.model.lora import LORA_FILE, add_lora, load_lora_state, lora_state, read_lora, save_lora
+from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir
 
 ADAPTER = "coldstart"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ROLES = ("source", "reference", "target")
 REQUIRED_COLUMNS = ("id", *ROLES)
 CHECKPOINTS = "checkpoints"
@@ -262,92 +262,19 @@ def base_model(config: SFTConfig, tiny: bool) -> str:
 
 
 def check_gpu_options(config: SFTConfig, device: torch.device) -> None:
-    """8-bit AdamW and a quantised base need bitsandbytes on a CUDA GPU: say so before loading anything."""
-    wanted = []
-    if config.optimizer == "adamw8bit":
-        wanted.append("optimizer: adamw8bit")
-    if config.quantize_base:
-        wanted.append(f"quantize_base: {config.quantize_base}")
-    if not wanted:
-        return
-    options = ", ".join(wanted)
-    if device.type != "cuda":
-        raise ValueError(f"{options} runs on CUDA GPUs only (bitsandbytes); this run is on {device.type}")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ValueError(f"{options} needs the bitsandbytes package, which is not installed") from None
-    if config.quantize_base:
-        raise NotImplementedError(
-            f"quantize_base: {config.quantize_base} is not implemented yet (components.load_components takes no "
-            "quantisation config); train with quantize_base: null"
-        )
+    """8-bit AdamW and an NF4 base need bitsandbytes on a CUDA GPU: say so before loading anything."""
+    wanted = [f"optimizer: {config.optimizer}"] if config.optimizer == "adamw8bit" else []
+    wanted += [f"quantize_base: {config.quantize_base}"] if config.quantize_base == "nf4" else []
+    if wanted and device.type != "cuda":
+        raise ValueError(f"{', '.join(wanted)} runs on CUDA GPUs only (bitsandbytes); this run is on {device.type}")
 
 
-def add_lora(flux: torch.nn.Module, config: SFTConfig) -> None:
-    """Freeze ``flux`` and give it the trainable ``coldstart`` LoRA (float32, whatever the base's dtype).
-
-    Its random initialisation is drawn from ``config.seed`` (the global RNG is left as it was), so
-    every process, and every run of one config, starts from the same LoRA.
-    """
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    flux.requires_grad_(False)
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        init_lora_weights="gaussian",
-        target_modules=lora_target_regex(config.lora_target_modules),
+def add_coldstart_lora(flux: torch.nn.Module, config: SFTConfig) -> None:
+    """Freeze ``flux`` and give it the trainable ``coldstart`` LoRA the config describes."""
+    add_lora(
+        flux, ADAPTER, rank=config.lora_rank, alpha=config.lora_alpha, target_modules=config.lora_target_modules,
+        seed=config.seed,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        flux.add_adapter(lora, adapter_name=ADAPTER)
-    cast_training_params(flux, dtype=torch.float32)
-
-
-def lora_state(flux: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The ``coldstart`` LoRA's tensors under diffusers' names (``transformer_blocks.0.attn.to_q.lora_A.weight``…)."""
-    from peft.utils import get_peft_model_state_dict
-
-    return get_peft_model_state_dict(flux, adapter_name=ADAPTER)
-
-
-def save_lora(flux: torch.nn.Module, folder: Path) -> Path:
-    """``folder/pytorch_lora_weights.safetensors`` in diffusers' format, with rank and alpha as metadata."""
-    from diffusers import FluxPipeline
-
-    FluxPipeline.save_lora_weights(
-        folder,
-        transformer_lora_layers={name: tensor.detach().cpu() for name, tensor in lora_state(flux).items()},
-        transformer_lora_adapter_metadata=flux.peft_config[ADAPTER].to_dict(),
-    )
-    return folder / LORA_FILE
-
-
-def read_lora(folder: Path, flux: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A saved ``coldstart`` LoRA, checked to have exactly this run's layers and shapes (same base, rank, targets)."""
-    from safetensors.torch import load_file
-
-    path = folder / LORA_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {LORA_FILE}: not a checkpoint of seminft-train sft")
-    state = {key.removeprefix("transformer."): value for key, value in load_file(path).items()}
-    expected = {name: tuple(tensor.shape) for name, tensor in lora_state(flux).items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
-    differences = [f"{name}: not in this run's LoRA" for name in sorted(set(found) - set(expected))]
-    differences += [f"{name}: missing from the file" for name in sorted(set(expected) - set(found))]
-    differences += [
-        f"{name}: {found[name]} in the file, {expected[name]} here"
-        for name in sorted(set(found) & set(expected)) if found[name] != expected[name]
-    ]
-    if differences:
-        config = flux.peft_config[ADAPTER]
-        raise LoraMismatchError(
-            f"{path} is not a LoRA of this run's model and LoRA settings (rank {config.r}, these target modules): "
-            f"{'; '.join(differences[:3])}" + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
-        )
-    return state
 
 
 def prompt_table(
@@ -493,19 +420,16 @@ def save_checkpoint(accelerator, out: Path, step: int, config: SFTConfig) -> Pat
     return final
 
 
-def register_lora_hooks(accelerator, flux: torch.nn.Module) -> None:
-    """Make `save_state`/`load_state` store the LoRA alone (diffusers' format), not the frozen base."""
-    from peft import set_peft_model_state_dict
+def register_lora_hooks(accelerator, flux: torch.nn.Module, adapter: str, lora_on: str = "all") -> None:
+    """Make `save_state`/`load_state` store the LoRA ``adapter`` alone (diffusers' format), not the frozen base."""
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            save_lora(flux, Path(output_dir))
+            save_lora(flux, Path(output_dir), adapter, lora_on=lora_on)
         weights.clear()
 
     def load_hook(models, input_dir):
-        incompatible = set_peft_model_state_dict(flux, read_lora(Path(input_dir), flux), adapter_name=ADAPTER)
-        if getattr(incompatible, "unexpected_keys", None):
-            raise LoraMismatchError(f"{input_dir}: unexpected LoRA keys {incompatible.unexpected_keys[:3]}")
+        load_lora_state(flux, Path(input_dir), adapter)
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -603,14 +527,14 @@ def train_sft(
 
     # Model: frozen FLUX + the cold-start LoRA, wrapped for the three branches.
     weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-    components: FluxComponents = load_components(base, device=device, dtype=weight_dtype)
+    components: FluxComponents = load_components(base, device=device, dtype=weight_dtype, quantize=config.quantize_base)
     flux = components.transformer
-    add_lora(flux, config)
+    add_coldstart_lora(flux, config)
     if config.gradient_checkpointing:
         flux.enable_gradient_checkpointing()
     checkpoint = checkpoint_dir(out, resume) if resume else None
     if checkpoint is not None:
-        read_lora(checkpoint, flux)  # a LoRA of another model or rank fails here, before any encoding
+        read_lora(checkpoint, flux, ADAPTER)  # a LoRA of another model or rank fails here, before any encoding
 
     # Data: prompt embeddings and VAE latents (main process first: the others then read its cache).
     with accelerator.main_process_first():
@@ -641,7 +565,7 @@ def train_sft(
     model, optimizer = accelerator.prepare(pipe.transformer, optimizer)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
-    register_lora_hooks(accelerator, flux)
+    register_lora_hooks(accelerator, flux, ADAPTER, config.lora_on)
     if checkpoint is not None:
         accelerator.load_state(checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
@@ -695,7 +619,7 @@ def train_sft(
     accelerator.wait_for_everyone()
     check_ranks_agree(accelerator, flux)
     if accelerator.is_main_process:
-        save_lora(flux, out)
+        save_lora(flux, out, ADAPTER, lora_on=config.lora_on)
         log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -706,7 +630,7 @@ def check_ranks_agree(accelerator, flux: torch.nn.Module) -> None:
     """Every process holds the same LoRA (DDP keeps them equal; a divergence is a bug worth stopping for)."""
     if accelerator.num_processes == 1:
         return
-    fingerprint = torch.stack([t.double().sum() for t in lora_state(flux).values()]).to(accelerator.device)
+    fingerprint = torch.stack([t.double().sum() for t in lora_state(flux, ADAPTER).values()]).to(accelerator.device)
     gathered = accelerator.gather(fingerprint[None]).view(accelerator.num_processes, -1)
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
         raise RuntimeError("the processes ended with different LoRA weights")
