@@ -5,9 +5,11 @@ the condition KV cache, on a transformer of FLUX.1-dev's real size with random b
     .venv/bin/python benchmarks/gpu_model.py --tiny     # the tiny test config on CPU (to debug this script)
 
 Inputs are 512² target + reference + source, i.e. 3 × 1,024 image tokens, and 512 text tokens,
-as in the paper's training. An SFT step is one LoRA forward and backward of the rectified-flow
-loss on the noisy branch (rank 16 on the attention and feed-forward projections) and an AdamW
-step; it is timed with and without gradient checkpointing. Inference is 28 Euler steps of the
+as in the paper's training. An SFT step is `sft.flow_matching_loss` (the training loop's own loss:
+logit-normal σ, rectified flow on the noisy branch, LoRA rank 16 on the attention and feed-forward
+projections), its backward and an AdamW step; it is timed with and without gradient checkpointing,
+with ``lora_on: all`` and ``main`` (conditions once, without LoRA or gradients), and with the frozen
+base stored as float8 (torchao, weight-only). Inference is 28 Euler steps of the
 transformer alone (the VAE is not part of the comparison), the condition tokens computed at every
 step (no cache) or once (cache). Targets (issue #11): SFT step ≤ 1.0 s, cache ≥ 2× faster.
 """
@@ -17,11 +19,11 @@ import time
 
 import torch
 from diffusers import FluxTransformer2DModel
-from peft import LoraConfig
 
-from seminft_bench.model.components import lora_target_regex
 from seminft_bench.model.conditioning import image_ids
-from seminft_bench.model.config import LORA_TARGET_MODULES
+from seminft_bench.model.config import LORA_TARGET_MODULES, SFTConfig
+from seminft_bench.model.lora import add_lora
+from seminft_bench.model.sft import flow_matching_loss
 from seminft_bench.model.transformer import SemiNFTTransformer
 
 FLUX_DEV = dict(
@@ -32,6 +34,16 @@ TINY = dict(
     patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
     joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True,
 )
+
+
+def latents(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """An SFT batch as `sft.load_batch` gives it: VAE latents ``[1, C, 2·grid, 2·grid]`` per role and the prompt."""
+    shape = (1, config["in_channels"] // 4, 2 * grid, 2 * grid)
+    batch = {role: torch.randn(shape, device=device) for role in ("source", "reference", "target")}
+    batch["prompt_embeds"] = torch.randn(1, text_tokens, config["joint_attention_dim"], device=device, dtype=dtype)
+    batch["pooled_prompt_embeds"] = torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype)
+    batch["text_ids"] = torch.zeros(text_tokens, 3, device=device)
+    return batch
 
 
 def inputs(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
@@ -67,19 +79,24 @@ def timed(function, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - started) / repeats
 
 
-def sft_step_seconds(model: SemiNFTTransformer, batch: dict, checkpointing: bool, device: torch.device, repeats: int) -> tuple[float, float]:
+def sft_step_seconds(
+    model: SemiNFTTransformer, batch: dict, lora_on: str, checkpointing: bool, device: torch.device, repeats: int
+) -> tuple[float, float]:
     """Seconds per LoRA SFT step and the peak memory in GiB (0 on CPU)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     flux = model.flux
     flux.enable_gradient_checkpointing() if checkpointing else flux.disable_gradient_checkpointing()
     flux.train()
     optimizer = torch.optim.AdamW([p for p in flux.parameters() if p.requires_grad], lr=1e-4)
+    config = SFTConfig(lora_on=lora_on, gradient_checkpointing=checkpointing)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift=3.0)
+    dtype = flux.dtype
 
     def step() -> None:
-        t = torch.rand(1, device=device)
-        noise = torch.randn_like(batch["noisy"])
-        noisy = (1 - t) * batch["noisy"] + t * noise
-        prediction = model(**{**batch, "noisy": noisy}, timestep=t)
-        loss = torch.nn.functional.mse_loss(prediction.float(), (noise - batch["noisy"]).float())
+        generator = torch.Generator().manual_seed(0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = flow_matching_loss(model, model, batch, config, scheduler, generator, dtype)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -110,6 +127,25 @@ def inference_seconds(model: SemiNFTTransformer, batch: dict, cached: bool, step
     return timed(run, device, 1)
 
 
+def quantize_float8(flux: FluxTransformer2DModel) -> None:
+    """The frozen base's linear layers as float8 weight-only (what ``quantize_base: float8`` loads)."""
+    from torchao.quantization import Float8WeightOnlyConfig, quantize_
+
+    quantize_(flux, Float8WeightOnlyConfig(), filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and "blocks." in name)
+
+
+def build(config: dict, device: torch.device, dtype: torch.dtype, float8: bool) -> SemiNFTTransformer:
+    torch.manual_seed(0)
+    with torch.device(device):  # built on the GPU directly: 12B random parameters never touch the host
+        flux = FluxTransformer2DModel(**config)
+    if dtype != torch.float32:
+        flux = flux.to(dtype)
+    if float8:
+        quantize_float8(flux)
+    add_lora(flux, "coldstart", rank=16, alpha=16, target_modules=LORA_TARGET_MODULES, seed=0)
+    return SemiNFTTransformer(flux)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="The tiny test transformer on CPU.")
@@ -120,23 +156,23 @@ def main() -> None:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     config = TINY if args.tiny else FLUX_DEV
     grid, text_tokens = (4, 8) if args.tiny else (32, 512)
-    torch.manual_seed(0)
-    with torch.device(device):  # built on the GPU directly: 12B random parameters never touch the host
-        flux = FluxTransformer2DModel(**config)
-    if dtype != torch.float32:
-        flux = flux.to(dtype)
-    flux.requires_grad_(False)
-    flux.add_adapter(LoraConfig(r=16, lora_alpha=16, target_modules=lora_target_regex(LORA_TARGET_MODULES)), adapter_name="coldstart")
-    model = SemiNFTTransformer(flux)
+    model = build(config, device, dtype, float8=False)
     batch = inputs(config, grid, text_tokens, device, dtype)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{'tiny' if args.tiny else 'FLUX.1-dev-sized'} transformer, {dtype}, on {name}: 3 x {grid * grid} image + {text_tokens} text tokens")
-    for checkpointing in (False, True):
-        seconds, peak = sft_step_seconds(model, batch, checkpointing, device, args.repeats)
-        print(f"  SFT step, checkpointing {'on ' if checkpointing else 'off'}: {seconds:.3f} s, peak {peak:.1f} GiB")
+    sft_batch = latents(config, grid, text_tokens, device, dtype)
+    for lora_on in ("all", "main"):
+        for checkpointing in (False, True):
+            seconds, peak = sft_step_seconds(model, sft_batch, lora_on, checkpointing, device, args.repeats)
+            print(f"  SFT step, lora_on {lora_on:4}, checkpointing {'on ' if checkpointing else 'off'}: {seconds:.3f} s, peak {peak:.1f} GiB")
     plain = inference_seconds(model, batch, cached=False, steps=args.steps, device=device)
     cached = inference_seconds(model, batch, cached=True, steps=args.steps, device=device)
     print(f"  {args.steps}-step inference: no cache {plain:.2f} s, condition cache {cached:.2f} s: {plain / cached:.2f}x")
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    seconds, peak = sft_step_seconds(build(config, device, dtype, float8=True), sft_batch, "all", True, device, args.repeats)
+    print(f"  SFT step, float8 base, lora_on all, checkpointing on: {seconds:.3f} s, peak {peak:.1f} GiB")
 
 
 if __name__ == "__main__":
