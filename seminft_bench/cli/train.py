@@ -1,7 +1,8 @@
-"""``seminft-train``: cold-start SFT and DiffusionNFT (the NFT command arrives with its issue)."""
+"""``seminft-train``: cold-start SFT and DiffusionNFT."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,44 @@ def sft_command(
     try:
         settings = (load_config(config) if config else SFTConfig()).override(**flags)
         folder = train_sft(settings, tiny=tiny, resume=resume, cache_dir=cache)
+    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+        fail(error)
+    typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
+
+
+@app.command("nft")
+def nft_command(
+    dataset: Optional[str] = typer.Option(None, help="RL pairs (seminft-data build-rl); a cold-start set for the 'w/o realistic dataset' row."),
+    coldstart_lora: Optional[str] = typer.Option(None, help="The frozen cold-start LoRA: the SFT run's folder."),
+    out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, logs, the rl pytorch_lora_weights.safetensors."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (configs/nft.yaml lists every key); flags override it."),
+    reward: Optional[str] = typer.Option(None, help="vlm (Qwen3-VL-8B, Eq. 4) | color-stats (weight-free, for debugging)."),
+    offline_samples: Optional[str] = typer.Option(None, help="Offline anchors (JSONL or Parquet, see model.rewards)."),
+    no_offline: bool = typer.Option(False, "--no-offline", help="Online samples only (Table 3's 'w/o offline samples')."),
+    init: Optional[str] = typer.Option(None, help="coldstart | base (no cold-start LoRA: Table 3's 'w/o cold-start')."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny random FLUX on the CPU: the whole loop in seconds."),
+    max_steps: Optional[int] = typer.Option(None, min=0, help="Iterations (0: the untrained rl LoRA, 'w/o RL')."),
+    resume: Optional[str] = typer.Option(None, help="latest (newest checkpoint in OUT, if any) or a checkpoint folder."),
+    base: Optional[str] = typer.Option(None, help="Base model: cached hub id, diffusers folder, or tiny:SEED."),
+    reward_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server (vLLM, SGLang) serving the reward VLM."),
+    resolution: Optional[int] = typer.Option(None, min=16, help="Work at this side's square pixel area, aspect kept."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the LoRA init, pairs, rollouts and noise."),
+    cache: Optional[Path] = typer.Option(None, help="Prompt-embedding and VAE-latent cache [default: $XDG_CACHE_HOME/seminft-bench/model]."),
+) -> None:
+    """Train the RL LoRA with DiffusionNFT (paper §3.4). Several GPUs: `accelerate launch -m seminft_bench.cli.train nft ...`."""
+    from seminft_bench.model.config import NFTConfig, load_config
+    from seminft_bench.model.nft import train_nft
+
+    flags = dict(
+        dataset=dataset, coldstart_lora=coldstart_lora, out=str(out) if out else None, reward=reward,
+        offline_samples=offline_samples, init=init, steps=max_steps, base=base, reward_base_url=reward_base_url,
+        resolution=resolution, seed=seed,
+    )
+    try:
+        settings = (load_config(config, NFTConfig) if config else NFTConfig()).override(**flags)
+        if no_offline:
+            settings = replace(settings, offline_samples=None)
+        folder = train_nft(settings, tiny=tiny, resume=resume, cache_dir=cache)
     except (ValueError, FileNotFoundError, NotImplementedError) as error:
         fail(error)
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")

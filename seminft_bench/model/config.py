@@ -112,8 +112,75 @@ class SFTConfig:
         return replace(self, **_checked_fields(type(self), given, "override"))
 
 
-def load_config(path: str | os.PathLike) -> SFTConfig:
-    """The config in the YAML file at ``path``: defaults for the keys it leaves out."""
+@dataclass
+class NFTConfig:
+    """The RL stage (paper §3.4): DiffusionNFT on unpaired (source, reference) pairs, a second LoRA ``rl``
+    over the frozen cold-start one.
+
+    From the paper: G = 9 (online + offline) per group, T = 6 rollout steps, Qwen3-VL-8B reward.
+    From DiffusionNFT's reference code: β = 1, the old policy's decay ramp (0.001 per epoch up to
+    0.5), the learning rate, training on every rollout timestep. The rest as for SFT.
+    """
+
+    dataset: str | None = None
+    """RL pairs (`seminft-data build-rl`); a cold-start set works too (the "w/o realistic dataset" row)."""
+    out: str | None = None
+    coldstart_lora: str | None = None
+    """The frozen cold-start LoRA (SFT's output folder); None with ``init: base``."""
+    init: Literal["coldstart", "base"] = "coldstart"
+    """``base``: no cold-start LoRA (Table 3's "w/o cold-start")."""
+    base: str = DEFAULT_BASE
+    prompt: str | None = None
+    """None uses the dataset's ``prompt`` column, else the cold-start set's unified prompt."""
+
+    steps: int = 300
+    """Iterations (rollout, reward, one optimizer step, soft update); 0 saves the untouched LoRA ("w/o RL")."""
+    pairs_per_step: int = 1
+    """(source, reference) pairs per iteration and process, each with its own group."""
+    group_online: int = 6
+    group_offline: int = 3
+    offline_samples: str | None = None
+    """The anchors' file (`rewards.load_offline_samples`); None trains on online samples only ("w/o offline")."""
+    rollout_steps: int = 6
+    guidance_scale: float = 3.5
+    reward: Literal["vlm", "color-stats"] = "vlm"
+    reward_judge: str = "qwen3-vl-8b"
+    """The VLM reward's judge name (judge registry or ``reward_config``)."""
+    reward_config: str | None = None
+    reward_base_url: str | None = None
+    """An OpenAI-compatible server (vLLM, SGLang) serving the reward model; None runs it locally."""
+
+    beta: float = 1.0
+    adaptive_weighting: bool = False
+    kl_weight: float = 0.0
+    decay_rate: float = 0.001
+    decay_max: float = 0.5
+    learning_rate: float = 3e-4
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
+    lora_on: Literal["all", "main"] = "all"
+
+    resolution: int = 512
+    condition_timestep: float | None = 0.0
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    gradient_checkpointing: bool = True
+
+    log_every: int = 1
+    validate_every: int = 50
+    checkpoint_every: int = 50
+
+    def override(self, **flags: Any) -> NFTConfig:
+        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
+        given = {key: value for key, value in flags.items() if value is not None}
+        return replace(self, **_checked_fields(type(self), given, "override"))
+
+
+def load_config(path: str | os.PathLike, kind: type = SFTConfig):
+    """The config (an ``SFTConfig``, or ``kind``) in the YAML file at ``path``: defaults for the keys it leaves out."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -125,10 +192,10 @@ def load_config(path: str | os.PathLike) -> SFTConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of keys to values, got {type(data).__name__}")
-    return SFTConfig(**_checked_fields(SFTConfig, data, str(path)))
+    return kind(**_checked_fields(kind, data, str(path)))
 
 
-def save_config(config: SFTConfig, path: str | os.PathLike) -> Path:
+def save_config(config, path: str | os.PathLike) -> Path:
     """Write ``config`` as YAML (every field, in declaration order) that `load_config` reads back equal."""
     data = _plain(asdict(config))
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

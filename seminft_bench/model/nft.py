@@ -12,9 +12,36 @@ after each epoch: old ← d·old + (1 − d)·rl, d ramping from 0 (`old_decay`)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import torch
+from PIL import Image
+
+from seminft_bench.imaging import read_image
+from seminft_bench.model import sft
+from seminft_bench.model.caches import LatentCache, vae_identity
+from seminft_bench.model.components import TINY_PREFIX
+from seminft_bench.model.conditioning import image_ids, pack_latents
+from seminft_bench.model.config import NFTConfig, save_config
+from seminft_bench.model.lora import add_lora, save_lora, set_trainable
+from seminft_bench.model.pipeline import SemiNFTPipeline, _to_pil, default_cache_dir
+from seminft_bench.model.rewards import (
+    ColorStatsReward,
+    OfflineSample,
+    Reward,
+    Triple,
+    VLMReward,
+    draw_offline,
+    group_normalize,
+    load_offline_samples,
+)
+from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
 ADAPTIVE_MIN = 1e-5
 """The floor of the adaptive weight (DiffusionNFT's reference code clips at 1e-5)."""
@@ -89,3 +116,337 @@ def soft_update(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor], decay:
     """old ← decay·old + (1 − decay)·new, tensor by tensor, in place."""
     for target, source in zip(old, new, strict=True):
         target.mul_(decay).add_(source.detach().to(target.dtype), alpha=1 - decay)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+RL_ADAPTER, OLD_ADAPTER = "rl", "old"
+PAIR_ROLES = ("source", "reference")
+VALIDATION_PAIRS = 4
+
+
+@dataclass
+class Member:
+    """One sample of a group: its clean latents x_0, the conditions it was made for, and its raw score."""
+
+    x0: torch.Tensor
+    source: torch.Tensor
+    reference: torch.Tensor
+    score: float
+    online: bool
+
+
+def policy_adapters(config: NFTConfig, policy: str) -> list[str]:
+    """The adapters of a policy: the frozen cold-start LoRA (unless ``init: base``) and ``rl`` or ``old``."""
+    return ([sft.ADAPTER] if config.init == "coldstart" else []) + [policy]
+
+
+def use_policy(pipe: SemiNFTPipeline, config: NFTConfig, policy: str) -> None:
+    """Activate ``policy`` (``rl`` or ``old``) and keep ``rl`` the only trainable adapter (peft re-marks on switches)."""
+    pipe.set_adapters(policy_adapters(config, policy))
+    set_trainable(pipe.components.transformer, RL_ADAPTER)
+
+
+def velocity(
+    pipe: SemiNFTPipeline, model: torch.nn.Module, member_batch: dict, x_t: torch.Tensor, sigma: torch.Tensor,
+    guidance: torch.Tensor | None,
+) -> torch.Tensor:
+    """The active policy's velocity on the noised latents, the conditions through the condition pass (cache)."""
+    _, _, height, width = x_t.shape
+    conditions = pipe._condition_tokens(member_batch["source"], member_batch["reference"])
+    text = pipe._text_inputs(x_t.shape[0])
+    cache = pipe.condition_cache(conditions, text, guidance)
+    return model(
+        pack_latents(x_t).to(conditions["source"].dtype), image_ids(0, height, width, device=x_t.device),
+        **dict.fromkeys(conditions), **text, timestep=sigma, guidance=guidance,
+        condition_timestep=pipe.condition_timestep, cache=cache,
+    )
+
+
+def rollout(
+    pipe: SemiNFTPipeline, config: NFTConfig, source: torch.Tensor, reference: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """One online sample of the old policy: clean latents after ``rollout_steps`` Euler steps from fresh noise."""
+    use_policy(pipe, config, OLD_ADAPTER)
+    return pipe.denoise_latents(source, reference, config.rollout_steps, config.guidance_scale, generator)
+
+
+def training_sigmas(pipe: SemiNFTPipeline, config: NFTConfig, image_tokens: int) -> torch.Tensor:
+    """The rollout's own noise levels (FLUX's shifted schedule at ``rollout_steps``): the loss visits each once."""
+    return pipe._scheduler(config.rollout_steps, image_tokens).sigmas[:-1].float()
+
+
+def train_nft(
+    config: NFTConfig, *, tiny: bool = False, resume: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Train the ``rl`` LoRA as ``config`` says; returns ``config.out``, which then holds its
+    ``pytorch_lora_weights.safetensors``.
+
+    Each iteration: draw a (source, reference) pair per process; roll out ``group_online`` samples
+    with the old policy (``coldstart`` + ``old``) and score them (in a worker thread, while the next
+    sample is rolled out); add ``group_offline`` anchors with their human scores; normalise the
+    group (Eq. 5–6); take one AdamW step on Eq. 1 over every member at every rollout noise level;
+    soft-update ``old``. Failed rewards drop out of their group and are counted.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from seminft_bench.model.components import load_components
+
+    if not config.dataset or not config.out:
+        raise ValueError("config needs both dataset and out")
+    if config.init == "coldstart" and not config.coldstart_lora:
+        raise ValueError("config needs coldstart_lora (the SFT run's folder), or init: base to train without it")
+    if config.group_online < 2 and config.steps:
+        raise ValueError("group_online must be at least 2: a group of one has nothing to compare")
+    out = Path(config.out)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    base = sft.base_model(config, tiny)
+    is_tiny = base.startswith(TINY_PREFIX)
+    resolution = min(config.resolution, sft.TINY_RESOLUTION) if is_tiny else config.resolution
+    on_gpu = torch.cuda.is_available() and not is_tiny
+    accelerator = Accelerator(mixed_precision=config.mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    root = sft.resolve_dataset(config.dataset)
+    pairs = sft.read_samples(root, "train", config.prompt or TASK_PROMPT, roles=PAIR_ROLES)
+    offline = load_offline_samples(config.offline_samples) if config.offline_samples else []
+    reward = make_reward(config)  # a missing reward model fails here, before the transformer loads
+
+    weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    components = load_components(base, device=device, dtype=weight_dtype)
+    prompt = config.prompt or TASK_PROMPT
+    with accelerator.main_process_first():
+        embeddings = sft.prompt_table([sft.Sample("", prompt, (1, 1), (1, 1))], base, cache_dir, device, weight_dtype)[prompt]
+    pipe = SemiNFTPipeline(
+        components, embeddings, device=device, pixel_area=resolution**2, condition_timestep=config.condition_timestep,
+        prompt_text=prompt,
+    )
+    flux = components.transformer
+    flux.requires_grad_(False)
+    if config.init == "coldstart":
+        pipe.load_lora_weights(config.coldstart_lora, adapter_name=sft.ADAPTER)
+    for adapter in (RL_ADAPTER, OLD_ADAPTER):  # the same seed: old starts equal to rl
+        add_lora(flux, adapter, rank=config.lora_rank, alpha=config.lora_alpha,
+                 target_modules=config.lora_target_modules, seed=config.seed)  # fmt: skip
+        pipe.lora_on[adapter] = config.lora_on
+    use_policy(pipe, config, RL_ADAPTER)
+    if config.gradient_checkpointing:
+        flux.enable_gradient_checkpointing()
+    checkpoint = sft.checkpoint_dir(out, resume) if resume else None
+
+    with accelerator.main_process_first():
+        sizes = sft.working_sizes(pairs, pipe)
+        cache = LatentCache(cache_dir / "latents", vae_identity(components.vae))
+        encoded = sft.cache_latents(root, "train", pairs, sizes, pipe, cache, roles=PAIR_ROLES)
+        offline_latents = [encode_offline(pipe, sample) for sample in offline]
+    accelerator.print(f"{len(pairs)} pairs ({encoded} images encoded), {len(offline)} offline samples")
+    images = PairImages(root)
+
+    params = [p for p in flux.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, betas=sft.ADAM_BETAS, weight_decay=sft.ADAM_WEIGHT_DECAY, eps=sft.ADAM_EPS
+    )
+    model, optimizer = accelerator.prepare(pipe.transformer, optimizer)
+    progress = sft.Progress()
+    accelerator.register_for_checkpointing(progress)
+    sft.register_lora_hooks(accelerator, flux, {"": RL_ADAPTER, OLD_ADAPTER: OLD_ADAPTER}, config.lora_on)
+    if checkpoint is not None:
+        accelerator.load_state(checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
+
+    log = sft.ScalarLog(out / "logs", config) if accelerator.is_main_process else None
+    validation = sft.validation_pairs(root, VALIDATION_PAIRS, PAIR_ROLES) if accelerator.is_main_process else []
+    validation_steps = sft.TINY_VALIDATION_STEPS if is_tiny else sft.VALIDATION_STEPS
+    if accelerator.is_main_process:
+        save_config(config, out / "config.yaml")
+    guidance = pipe._guidance(config.guidance_scale, 1)
+    rl_params = [p for n, p in flux.named_parameters() if f".{RL_ADAPTER}." in n]
+    old_params = [p for n, p in flux.named_parameters() if f".{OLD_ADAPTER}." in n]
+    scorer = ThreadPoolExecutor(1, thread_name_prefix="reward")
+    bar = tqdm(total=config.steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="nft")
+    failed_total = 0
+    while progress.step < config.steps:
+        step = progress.step
+        generator = sft.step_generator(config.seed, step, rank)
+        rng = np.random.default_rng([config.seed, step, rank])
+        losses, online_raw, offline_raw, normalized, failed = [], [], [], {"online": [], "offline": []}, 0
+        for index in pair_indices(len(pairs), config.pairs_per_step, config.seed, step, rank, world):
+            pair = pairs[index]
+            source, reference = cache.get(pair.id, "source"), cache.get(pair.id, "reference")
+            pictures = images.pair(pair.id)
+            # Rollouts with the old policy; each sample is scored in the worker while the next one is made.
+            members, futures = [], []
+            for _ in range(config.group_online):
+                x0 = rollout(pipe, config, source, reference, generator)
+                members.append(Member(x0, source, reference, float("nan"), online=True))
+                image = decode(pipe, x0)
+                futures.append(scorer.submit(reward.score, [Triple(pair.id, pictures["source"], pictures["reference"], image)]))
+            for member, future in zip(members, futures):
+                member.score = future.result()[0] if future.result()[0] is not None else float("nan")
+            failed += sum(1 for m in members if not np.isfinite(m.score))
+            members = [m for m in members if np.isfinite(m.score)]
+            for sample in draw_offline(offline, config.group_offline, rng):
+                members.append(Member(*offline_latents[offline.index(sample)], sample.score, online=False))
+            online = [m.score for m in members if m.online]
+            if len(members) < 2:
+                continue  # nothing to compare in this group
+            r_online, r_offline = group_normalize(online, [m.score for m in members if not m.online])
+            ordered = [m for m in members if m.online] + [m for m in members if not m.online]
+            online_raw += online
+            offline_raw += [m.score for m in members if not m.online]
+            normalized["online"] += list(r_online)
+            normalized["offline"] += list(r_offline)
+            for member, r in zip(ordered, [*r_online, *r_offline], strict=True):
+                losses.append(member_loss(pipe, model, config, member, float(r), guidance, generator, accelerator))
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if losses else torch.tensor(0.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        soft_update(old_params, rl_params, old_decay(step, config.decay_rate, config.decay_max))
+        progress.step += 1
+        failed_total += failed
+
+        stats = gather_stats(accelerator, {
+            "reward/online_raw": online_raw, "reward/offline_raw": offline_raw,
+            "reward/online_normalized": normalized["online"], "reward/offline_normalized": normalized["offline"],
+            "loss": losses,
+        }, failed)
+        bar.update(1)
+        bar.set_postfix(reward=f"{stats['reward/online_raw']:.3f}", loss=f"{stats['loss']:.4f}")
+        if log and (progress.step % config.log_every == 0 or progress.step == config.steps):
+            log.scalars(progress.step, {**stats, "grad_norm": float(grad_norm), "old_decay": old_decay(step, config.decay_rate, config.decay_max)})
+        if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:
+            sft.save_checkpoint(accelerator, out, progress.step, config)
+        if log and validation and (progress.step % config.validate_every == 0 or progress.step == config.steps):
+            use_policy(pipe, config, RL_ADAPTER)
+            grid = sft.validation_grid(pipe, validation, validation_steps, config.seed, accelerator.autocast)
+            grid.save(out / "logs" / f"validation-{progress.step:08d}.png")
+            log.image(progress.step, "validation", grid)
+    bar.close()
+    scorer.shutdown()
+    reward.close()
+    if failed_total:
+        accelerator.print(f"{failed_total} rewards failed and were left out of their groups; see {out / 'logs'}")
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_lora(flux, out, RL_ADAPTER, lora_on=config.lora_on)
+        if log:
+            log.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def member_loss(
+    pipe: SemiNFTPipeline, model: torch.nn.Module, config: NFTConfig, member: Member, reward: float,
+    guidance: torch.Tensor | None, generator: torch.Generator, accelerator,
+) -> float:
+    """Eq. 1 for one group member at every rollout noise level, back-propagated now (gradients accumulate)."""
+    x0 = member.x0.to(pipe.device, torch.float32).clone()  # a rollout's latents are inference tensors: copy
+    _, _, height, width = x0.shape
+    sigmas = training_sigmas(pipe, config, (height // 2) * (width // 2))
+    total = 0.0
+    for sigma in sigmas:
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = (1 - sigma) * x0 + sigma * noise
+        t = sigma.reshape(1).to(x0.device)
+        batch = {role: getattr(member, role).to(pipe.device, torch.float32).clone() for role in PAIR_ROLES}
+        with torch.no_grad(), accelerator.autocast():
+            use_policy(pipe, config, OLD_ADAPTER)
+            v_old = velocity(pipe, pipe.transformer, batch, x_t, t, guidance)
+            v_ref = None
+            if config.kl_weight:
+                with reference_policy(pipe, config):
+                    v_ref = velocity(pipe, pipe.transformer, batch, x_t, t, guidance)
+        use_policy(pipe, config, RL_ADAPTER)
+        with accelerator.autocast():
+            v_theta = velocity(pipe, model, batch, x_t, t, guidance)
+        loss = nft_loss(
+            v_theta.float(), v_old.float(), pack_latents(noise - x0), torch.tensor([reward], device=x0.device),
+            config.beta, sigma=t, adaptive_weighting=config.adaptive_weighting,
+            v_ref=None if v_ref is None else v_ref.float(), kl_weight=config.kl_weight,
+        ) / len(sigmas)
+        accelerator.backward(loss)
+        total += loss.item()
+    return total
+
+
+@contextmanager
+def reference_policy(pipe: SemiNFTPipeline, config: NFTConfig) -> Iterator[None]:
+    """The KL term's reference: the frozen cold-start policy (the base model with ``init: base``)."""
+    flux = pipe.components.transformer
+    if config.init == "coldstart":
+        pipe.set_adapters([sft.ADAPTER])
+        yield
+        return
+    flux.disable_adapters()
+    try:
+        yield
+    finally:
+        flux.enable_adapters()
+
+
+def make_reward(config: NFTConfig) -> Reward:
+    """The reward ``config.reward`` names; a VLM without weights, GPU or server fails here, saying which."""
+    if config.reward == "color-stats":
+        return ColorStatsReward()
+    from seminft_bench.vlm import load_config
+
+    judges = load_config(config.reward_config) if config.reward_config else None
+    return VLMReward.from_name(config.reward_judge, config=judges, base_url=config.reward_base_url)
+
+
+def pair_indices(count: int, per_step: int, seed: int, step: int, rank: int, world: int) -> list[int]:
+    """This rank's pairs at ``step``: a fixed function of (seed, step), different pairs on every rank."""
+    rng = np.random.default_rng([seed, step])
+    drawn = rng.choice(count, size=per_step * world, replace=count < per_step * world)
+    return [int(i) for i in drawn[rank * per_step : (rank + 1) * per_step]]
+
+
+class PairImages:
+    """The pairs' source and reference images by id, read from the Parquet shards one row group at a time."""
+
+    def __init__(self, root: Path):
+        self.where: dict[str, tuple[Path, int, int]] = {}
+        for shard in sft.split_shards(root, "train"):
+            file = pq.ParquetFile(shard)
+            for group in range(file.num_row_groups):
+                for row, sample_id in enumerate(file.read_row_group(group, columns=["id"]).column("id").to_pylist()):
+                    self.where[str(sample_id)] = (shard, group, row)
+        self._group: tuple[tuple[Path, int], list[dict]] | None = None
+
+    def pair(self, sample_id: str) -> dict[str, Image.Image]:
+        shard, group, row = self.where[sample_id]
+        if self._group is None or self._group[0] != (shard, group):
+            rows = pq.ParquetFile(shard).read_row_group(group, columns=list(PAIR_ROLES)).to_pylist()
+            self._group = ((shard, group), rows)
+        record = self._group[1][row]
+        return {role: read_image(record[role]["bytes"], name=f"{sample_id}/{role}") for role in PAIR_ROLES}
+
+
+def encode_offline(pipe: SemiNFTPipeline, sample: OfflineSample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_0, source, reference) latents of an anchor, each image at the working size the pipeline gives it."""
+    source = read_image(sample.source)
+    image = read_image(sample.image)
+    if image.size != source.size:
+        image = image.resize(source.size, Image.Resampling.LANCZOS)
+    return pipe._encode(image).float(), pipe._encode(source).float(), pipe._encode(read_image(sample.reference)).float()
+
+
+def decode(pipe: SemiNFTPipeline, latents: torch.Tensor) -> Image.Image:
+    with torch.inference_mode():
+        return _to_pil(pipe.components.decode(latents)[0])
+
+
+def gather_stats(accelerator, values: dict[str, list[float]], failed: int) -> dict[str, float]:
+    """Means over every process's values (NaN where none), and the failed rewards' total."""
+    sums = [v for name in values for v in (float(np.sum(values[name])), float(len(values[name])))]
+    totals = accelerator.reduce(torch.tensor([*sums, float(failed)], device=accelerator.device), reduction="sum").tolist()
+    stats = {
+        name: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else float("nan") for i, name in enumerate(values)
+    }
+    return {**stats, "reward/failed": totals[-1]}

@@ -197,8 +197,24 @@ class SemiNFTPipeline:
         use_condition_cache: bool = True,
     ) -> torch.Tensor:
         """The target's VAE latents ``[1, C, h, w]`` after the whole flow, before decoding."""
-        source_latents = self._encode(read_image(source))
-        reference_latents = self._encode(read_image(reference))
+        return self.denoise_latents(
+            self._encode(read_image(source)), self._encode(read_image(reference)), num_inference_steps,
+            guidance_scale, generator, use_condition_cache,
+        )
+
+    @torch.inference_mode()
+    def denoise_latents(
+        self,
+        source_latents: torch.Tensor,
+        reference_latents: torch.Tensor,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        generator: torch.Generator | None = None,
+        use_condition_cache: bool = True,
+    ) -> torch.Tensor:
+        """`denoise` from the VAE latents of source and reference (as training caches them)."""
+        source_latents = source_latents.to(self.device, self.components.vae.dtype)
+        reference_latents = reference_latents.to(self.device, self.components.vae.dtype)
         batch, _, height, width = source_latents.shape
         conditions = self._condition_tokens(source_latents, reference_latents)
         noise = torch.randn(source_latents.shape, generator=generator, device=generator.device if generator else "cpu")

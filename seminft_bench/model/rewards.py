@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,13 +178,6 @@ class WeightedReward(Reward):
     def close(self) -> None:
         for reward, _ in self.parts:
             reward.close()
-
-
-REWARDS: dict[str, Callable[..., Reward]] = {
-    "color-stats": ColorStatsReward,
-    "vlm": VLMReward.from_name,
-}
-"""``--reward NAME``: one small entry per reward."""
 
 
 # --------------------------------------------------------------------------- Eq. 5–6

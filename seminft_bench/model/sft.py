@@ -56,7 +56,6 @@ from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir
 
 ADAPTER = "coldstart"
 ROLES = ("source", "reference", "target")
-REQUIRED_COLUMNS = ("id", *ROLES)
 CHECKPOINTS = "checkpoints"
 TINY_RESOLUTION = 64
 """`--tiny` trains at most at 64² pixels (64 tokens with the tiny VAE): seconds on a CPU."""
@@ -119,15 +118,15 @@ def iter_rows(shards: list[Path], columns: list[str]) -> Iterator[dict]:
             yield from batch.to_pylist()
 
 
-def check_columns(root: Path, shards: list[Path], need_prompt: bool) -> None:
+def check_columns(root: Path, shards: list[Path], need_prompt: bool, roles: tuple[str, ...] = ROLES) -> None:
     if not shards:
         raise DatasetError(f"{root}: no training split: expected data/train-NNNNN-of-MMMMM.parquet shards")
-    required = [*REQUIRED_COLUMNS, *(["prompt"] if need_prompt else [])]
+    required = ["id", *roles, *(["prompt"] if need_prompt else [])]
     for shard in shards:
         missing = [column for column in required if column not in pq.read_schema(shard).names]
         if missing:
             raise DatasetError(
-                f"{shard}: lacks the column(s) {', '.join(missing)}; a cold-start set has {', '.join(required)}"
+                f"{shard}: lacks the column(s) {', '.join(missing)}; this training set needs {', '.join(required)}"
             )
 
 
@@ -144,11 +143,11 @@ def header_size(cell: dict | None) -> tuple[int, int]:
     return (height, width) if rotated else (width, height)
 
 
-def read_samples(root: Path, split: str, prompt: str | None) -> list[Sample]:
-    """Every sample of ``split``, checked: unique ids, a prompt, all three images, target and source of one size."""
+def read_samples(root: Path, split: str, prompt: str | None, roles: tuple[str, ...] = ROLES) -> list[Sample]:
+    """Every sample of ``split``, checked: unique ids, a prompt, every image of ``roles``, target and source of one size."""
     shards = split_shards(root, split)
-    check_columns(root, shards, need_prompt=prompt is None)
-    columns = [*REQUIRED_COLUMNS, *(["prompt"] if prompt is None else [])]
+    check_columns(root, shards, need_prompt=prompt is None, roles=roles)
+    columns = ["id", *roles, *(["prompt"] if prompt is None else [])]
     samples: list[Sample] = []
     problems: list[str] = []
     seen: set[str] = set()
@@ -159,7 +158,7 @@ def read_samples(root: Path, split: str, prompt: str | None) -> list[Sample]:
             continue
         seen.add(str(row["id"]))
         sizes = {}
-        for role in ROLES:
+        for role in roles:
             try:
                 sizes[role] = header_size(row[role])
             except ValueError as error:
@@ -167,9 +166,9 @@ def read_samples(root: Path, split: str, prompt: str | None) -> list[Sample]:
         text = prompt if prompt is not None else row["prompt"]
         if not text:
             problems.append(f"{label}: empty prompt")
-        if len(sizes) < len(ROLES) or not text:
+        if len(sizes) < len(roles) or not text:
             continue
-        if sizes["target"] != sizes["source"]:
+        if "target" in sizes and sizes["target"] != sizes["source"]:
             problems.append(f"{label}: target is {_wxh(sizes['target'])} but source is {_wxh(sizes['source'])}")
             continue
         samples.append(Sample(str(row["id"]), text, sizes["source"], sizes["reference"]))
@@ -191,19 +190,21 @@ def working_sizes(samples: list[Sample], pipe: SemiNFTPipeline) -> list[tuple[tu
 
 
 def cache_latents(
-    root: Path, split: str, samples: list[Sample], sizes: list[tuple], pipe: SemiNFTPipeline, cache: LatentCache
+    root: Path, split: str, samples: list, sizes: list[tuple], pipe: SemiNFTPipeline, cache: LatentCache,
+    roles: tuple[str, ...] = ROLES,
 ) -> int:
-    """Encode every image whose latents ``cache`` lacks, at its working size; returns how many were encoded."""
+    """Encode every image of ``roles`` whose latents ``cache`` lacks, at its working size (the reference at its
+    own, the others at the source's); returns how many were encoded."""
     todo = {
-        sample.id: size for sample, size in zip(samples, sizes) if any(cache.get(sample.id, role) is None for role in ROLES)
+        sample.id: size for sample, size in zip(samples, sizes) if any(cache.get(sample.id, role) is None for role in roles)
     }
     encoded = 0
-    for row in iter_rows(split_shards(root, split), list(REQUIRED_COLUMNS)) if todo else ():
+    for row in iter_rows(split_shards(root, split), ["id", *roles]) if todo else ():
         sample_id = str(row["id"])
         if sample_id not in todo:
             continue
         source_size, reference_size = todo[sample_id]
-        for role in ROLES:
+        for role in roles:
             if cache.get(sample_id, role) is None:
                 size = reference_size if role == "reference" else source_size
                 cache.put(sample_id, role, encode_image(pipe, row[role]["bytes"], size, f"{sample_id}/{role}"))
@@ -420,16 +421,19 @@ def save_checkpoint(accelerator, out: Path, step: int, config: SFTConfig) -> Pat
     return final
 
 
-def register_lora_hooks(accelerator, flux: torch.nn.Module, adapter: str, lora_on: str = "all") -> None:
-    """Make `save_state`/`load_state` store the LoRA ``adapter`` alone (diffusers' format), not the frozen base."""
+def register_lora_hooks(accelerator, flux: torch.nn.Module, adapters: dict[str, str], lora_on: str = "all") -> None:
+    """Make `save_state`/`load_state` store the LoRAs alone (diffusers' format), not the frozen base:
+    ``adapters`` maps a subfolder of the checkpoint ("" for the checkpoint itself) to an adapter name."""
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            save_lora(flux, Path(output_dir), adapter, lora_on=lora_on)
+            for folder, adapter in adapters.items():
+                save_lora(flux, Path(output_dir) / folder, adapter, lora_on=lora_on)
         weights.clear()
 
     def load_hook(models, input_dir):
-        load_lora_state(flux, Path(input_dir), adapter)
+        for folder, adapter in adapters.items():
+            load_lora_state(flux, Path(input_dir) / folder, adapter)
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -439,7 +443,7 @@ def register_lora_hooks(accelerator, flux: torch.nn.Module, adapter: str, lora_o
 class ScalarLog:
     """Scalars to TensorBoard (when the package is there) and always to ``logs/metrics.jsonl``."""
 
-    def __init__(self, folder: Path, config: SFTConfig):
+    def __init__(self, folder: Path, config):
         folder.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(folder / "metrics.jsonl", "a", encoding="utf-8")
         try:
@@ -467,28 +471,30 @@ class ScalarLog:
             self.writer.close()
 
 
-def validation_pairs(root: Path, count: int) -> list[dict[str, bytes]]:
-    """The first ``count`` quadruplets of the ``test`` split (the ``train`` split's when there is none)."""
+def validation_pairs(root: Path, count: int, roles: tuple[str, ...] = ROLES) -> list[dict[str, bytes]]:
+    """The first ``count`` records of the ``test`` split (the ``train`` split's when there is none), with ``roles``."""
     shards = split_shards(root, "test") or split_shards(root, "train")
     pairs = []
-    for row in iter_rows(shards, list(REQUIRED_COLUMNS)):
-        if all(row[role] and row[role].get("bytes") for role in ROLES):
-            pairs.append({"id": str(row["id"]), **{role: row[role]["bytes"] for role in ROLES}})
+    for row in iter_rows(shards, ["id", *roles]):
+        if all(row[role] and row[role].get("bytes") for role in roles):
+            pairs.append({"id": str(row["id"]), **{role: row[role]["bytes"] for role in roles}})
         if len(pairs) == count:
             break
     return pairs
 
 
 def validation_grid(pipe: SemiNFTPipeline, pairs: list[dict], steps: int, seed: int, autocast) -> Image.Image:
-    """Reference, source, prediction and target of each validation pair, one row each, from fixed noise."""
+    """Reference, source, prediction (and target, where there is one) of each validation pair, one row each,
+    from fixed noise."""
     cells, labels = [], []
+    columns = 4 if all("target" in pair for pair in pairs) else 3
     for pair in pairs:
         source, reference = read_image(pair["source"]), read_image(pair["reference"])
         with autocast():
             prediction = pipe(source, reference, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
-        cells += [reference, source, prediction, read_image(pair["target"])]
-        labels += [f"{pair['id'][:12]} reference", "source", "prediction", "target"]
-    return image_grid(cells, labels, ncols=4, cell_size=(192, 192))
+        cells += [reference, source, prediction] + ([read_image(pair["target"])] if columns == 4 else [])
+        labels += [f"{pair['id'][:12]} reference", "source", "prediction"] + (["target"] if columns == 4 else [])
+    return image_grid(cells, labels, ncols=columns, cell_size=(192, 192))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -565,7 +571,7 @@ def train_sft(
     model, optimizer = accelerator.prepare(pipe.transformer, optimizer)
     progress = Progress()
     accelerator.register_for_checkpointing(progress)
-    register_lora_hooks(accelerator, flux, ADAPTER, config.lora_on)
+    register_lora_hooks(accelerator, flux, {"": ADAPTER}, config.lora_on)
     if checkpoint is not None:
         accelerator.load_state(checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
