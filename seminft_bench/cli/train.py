@@ -92,5 +92,21 @@ def nft_command(
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
 
 
+@app.command("offline-example")
+def offline_example_command(
+    pairs: str = typer.Option(..., help="RL pairs (or cold-start) folder to take sources and references from."),
+    out: Path = typer.Option(..., help="Folder for offline.jsonl and its images."),
+    count: int = typer.Option(4, min=1, help="Pairs to use (three scored outputs each)."),
+) -> None:
+    """Write an EXAMPLE offline-samples file, scored by a stated rule (not by people), to try `nft --offline-samples`."""
+    from seminft_bench.model.rewards import write_example_offline_samples
+
+    try:
+        path = write_example_offline_samples(pairs, out, count)
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+    typer.echo(f"example offline samples (scored by rule, not by people): {path}")
+
+
 if __name__ == "__main__":
     app()

@@ -300,3 +300,43 @@ def draw_offline(samples: Sequence[OfflineSample], count: int, rng: np.random.Ge
     """``count`` distinct samples for one group (all of them, shuffled, when there are fewer)."""
     order = rng.permutation(len(samples))[: min(count, len(samples))]
     return [samples[i] for i in order]
+
+
+EXAMPLE_RULE = {
+    "reinhard": (3.5, "the reference's colour statistics on the source (Reinhard): a fair transfer"),
+    "source": (1.5, "the source unchanged: nothing transferred"),
+    "reference": (0.5, "the reference itself: its content copied, the source lost"),
+}
+"""Scores of the shipped example anchors, by rule: stand-ins for human scores, never to be reported as such."""
+
+
+def write_example_offline_samples(pairs: str | os.PathLike, out: str | os.PathLike, count: int = 4) -> Path:
+    """An EXAMPLE offline-samples file from the first ``count`` pairs of an RL-pairs (or cold-start) folder:
+    per pair, three outputs scored by `EXAMPLE_RULE` (each record's ``note`` says so). Real anchors are
+    outputs scored by people; this only shows the format and exercises the loop."""
+    from seminft_bench.bench.methods import get_method
+    from seminft_bench.fileio import atomic_write_text
+    from seminft_bench.imaging import write_png
+    from seminft_bench.model.sft import iter_rows, resolve_dataset, split_shards
+
+    root, out = resolve_dataset(pairs), Path(out)
+    transfer = get_method("reinhard")
+    records = []
+    for row in iter_rows(split_shards(root, "train"), ["id", "source", "reference"]):
+        if len(records) == count * len(EXAMPLE_RULE):
+            break
+        sample_id = str(row["id"])
+        source, reference = read_image(row["source"]["bytes"]), read_image(row["reference"]["bytes"])
+        outputs = {"reinhard": transfer.transfer(source, reference), "source": source, "reference": reference}
+        paths = {}
+        for role, image in (("source", source), ("reference", reference)):
+            paths[role] = write_png(image, out / "images" / f"{sample_id}-{role}.png").relative_to(out)
+        for kind, (score, why) in EXAMPLE_RULE.items():
+            image = write_png(outputs[kind], out / "images" / f"{sample_id}-{kind}-output.png").relative_to(out)
+            records.append({
+                "id": f"{sample_id}-{kind}", "source": str(paths["source"]), "reference": str(paths["reference"]),
+                "image": str(image), "score": score, "note": f"EXAMPLE, scored by rule, not by people: {why}",
+            })
+    if not records:
+        raise OfflineSamplesError(f"{root}: no pairs to build example offline samples from")
+    return atomic_write_text(out / "offline.jsonl", "".join(json.dumps(r) + "\n" for r in records))
