@@ -142,3 +142,49 @@ def test_cli_steps_zero_without_offline_saves_the_untrained_rl_lora(inputs, tmp_
     assert "offline_samples: null" in (out / "config.yaml").read_text()
     bad = CliRunner().invoke(app, ["nft", "--tiny", "--dataset", str(inputs[0]), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "coldstart_lora" in bad.output
+
+
+RANK_SCRIPT = """
+import os, sys
+from safetensors.torch import save_file
+from seminft_bench.model import nft
+from seminft_bench.model.config import NFTConfig, load_config
+from seminft_bench.model.lora import lora_state
+
+seen = []
+original = nft.save_lora
+nft.save_lora = lambda flux, *a, **k: (seen.append(flux), original(flux, *a, **k))[1]
+nft.train_nft(load_config(sys.argv[1], NFTConfig), tiny=True, cache_dir=sys.argv[2])
+if seen:  # the main process saves; train_nft has checked that every rank holds the same rl LoRA
+    state = {name: tensor.contiguous() for name, tensor in lora_state(seen[-1], "rl").items()}
+    save_file(state, os.path.join(sys.argv[3], "rank0.safetensors"))
+"""
+
+
+def test_two_cpu_processes_train_one_rl_lora(inputs, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from seminft_bench.model.config import save_config
+
+    out = tmp_path / "ddp"
+    config_file = save_config(config(inputs, out, steps=2), tmp_path / "nft.yaml")
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               str(script), str(config_file), str(tmp_path / "cache"), str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = load_file(out / LORA_FILE)
+    assert any("lora_B" in k and bool(t.abs().sum() > 0) for k, t in saved.items())
+    rank0 = load_file(tmp_path / "rank0.safetensors")
+    saved = {key.removeprefix("transformer."): value for key, value in saved.items()}
+    assert rank0.keys() == saved.keys() and all(torch.equal(saved[k], v) for k, v in rank0.items())
+    lines = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(np.isfinite(line["reward/online_raw"]) for line in lines)

@@ -299,9 +299,11 @@ def train_nft(
             offline_raw += [m.score for m in members if not m.online]
             normalized["online"] += list(r_online)
             normalized["offline"] += list(r_offline)
-            for member, r in zip(ordered, [*r_online, *r_offline], strict=True):
-                losses.append(member_loss(pipe, model, config, member, float(r), guidance, generator, accelerator))
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if losses else torch.tensor(0.0)
+            with accelerator.no_sync(model):  # gradients accumulate here and are averaged once below
+                for member, r in zip(ordered, [*r_online, *r_offline], strict=True):
+                    losses.append(member_loss(pipe, model, config, member, float(r), guidance, generator, accelerator))
+        average_gradients(accelerator, params)  # ranks may have run different numbers of members
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         soft_update(old_params, rl_params, old_decay(step, config.decay_rate, config.decay_max))
@@ -331,6 +333,7 @@ def train_nft(
         accelerator.print(f"{failed_total} rewards failed and were left out of their groups; see {out / 'logs'}")
 
     accelerator.wait_for_everyone()
+    sft.check_ranks_agree(accelerator, flux, RL_ADAPTER)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_lora(flux, out, RL_ADAPTER, lora_on=config.lora_on)
@@ -450,3 +453,14 @@ def gather_stats(accelerator, values: dict[str, list[float]], failed: int) -> di
         name: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else float("nan") for i, name in enumerate(values)
     }
     return {**stats, "reward/failed": totals[-1]}
+
+
+def average_gradients(accelerator, params: list[torch.Tensor]) -> None:
+    """One all-reduce of every gradient per step (zeros where a rank had nothing to learn from), so ranks
+    whose groups lost different numbers of failed rewards still meet at the same collective calls."""
+    for parameter in params:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    if accelerator.num_processes > 1:
+        for parameter in params:
+            parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")

@@ -632,11 +632,11 @@ def train_sft(
     return out
 
 
-def check_ranks_agree(accelerator, flux: torch.nn.Module) -> None:
+def check_ranks_agree(accelerator, flux: torch.nn.Module, adapter: str = ADAPTER) -> None:
     """Every process holds the same LoRA (DDP keeps them equal; a divergence is a bug worth stopping for)."""
     if accelerator.num_processes == 1:
         return
-    fingerprint = torch.stack([t.double().sum() for t in lora_state(flux, ADAPTER).values()]).to(accelerator.device)
+    fingerprint = torch.stack([t.double().sum() for t in lora_state(flux, adapter).values()]).to(accelerator.device)
     gathered = accelerator.gather(fingerprint[None]).view(accelerator.num_processes, -1)
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
         raise RuntimeError("the processes ended with different LoRA weights")
