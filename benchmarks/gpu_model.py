@@ -20,6 +20,7 @@ import time
 import torch
 from diffusers import FluxTransformer2DModel
 
+from seminft_bench.model.components import TINY_TRANSFORMER
 from seminft_bench.model.conditioning import image_ids
 from seminft_bench.model.config import LORA_TARGET_MODULES, SFTConfig
 from seminft_bench.model.lora import add_lora
@@ -29,10 +30,6 @@ from seminft_bench.model.transformer import SemiNFTTransformer
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
     joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56), guidance_embeds=True,
-)
-TINY = dict(
-    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
-    joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True,
 )
 
 
@@ -154,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    config = TINY if args.tiny else FLUX_DEV
+    config = TINY_TRANSFORMER if args.tiny else FLUX_DEV
     grid, text_tokens = (4, 8) if args.tiny else (32, 512)
     model = build(config, device, dtype, float8=False)
     batch = inputs(config, grid, text_tokens, device, dtype)

@@ -7,6 +7,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from peft import LoraConfig
 
+from seminft_bench.model.components import TINY_TRANSFORMER
 from seminft_bench.model.conditioning import branch_attention_mask, image_ids, pack_latents
 from seminft_bench.model.transformer import SemiNFTTransformer
 
@@ -16,18 +17,7 @@ TEXT_TOKENS = 5
 
 def tiny_flux(guidance_embeds: bool = True) -> FluxTransformer2DModel:
     torch.manual_seed(0)
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * LATENT_CHANNELS,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(4, 6, 6),
-        guidance_embeds=guidance_embeds,
-    )
+    return FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": guidance_embeds})
 
 
 def packed(branch: int, height: int, width: int, seed: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

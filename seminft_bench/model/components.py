@@ -71,6 +71,13 @@ class FluxComponents:
         return (images / 2 + 0.5).clamp(0, 1)
 
 
+TINY_TRANSFORMER = dict(
+    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+    joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6), guidance_embeds=True,
+)
+"""The tiny transformer: two blocks of each kind, width 32; 16 input channels = 2×2 patches of the tiny VAE's 4."""
+
+
 def tiny_components(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> FluxComponents:
     """Random components shaped like FLUX's but tiny, bit-identical for the same seed.
 
@@ -95,18 +102,7 @@ def tiny_components(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Flu
             use_quant_conv=False,
             use_post_quant_conv=False,
         )
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4 * vae.config.latent_channels,  # 2×2 patches are packed into channels
-            num_layers=2,
-            num_single_layers=2,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            axes_dims_rope=(4, 6, 6),
-            guidance_embeds=True,
-        )
+        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER)
     if dtype != torch.float32:  # diffusers warns about any cast, even to the dtype a model has
         transformer, vae = transformer.to(dtype), vae.to(dtype)
     return FluxComponents(

@@ -56,8 +56,17 @@ class LogitNormal:
     std: float = 1.0
 
 
+class Overridable:
+    """Configs take command-line flags on top of their file values."""
+
+    def override(self, **flags: Any):
+        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
+        given = {key: value for key, value in flags.items() if value is not None}
+        return replace(self, **_checked_fields(type(self), given, "override"))
+
+
 @dataclass
-class SFTConfig:
+class SFTConfig(Overridable):
     """The cold-start SFT stage (paper §3.1): one LoRA on FLUX.1-dev, rectified flow on the quadruplets.
 
     Only ``steps`` comes from the paper (§3.1 and §4.1: 10,000 iterations). The rest are
@@ -106,14 +115,9 @@ class SFTConfig:
     validate_every: int = 500
     checkpoint_every: int = 1000
 
-    def override(self, **flags: Any) -> SFTConfig:
-        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
-        given = {key: value for key, value in flags.items() if value is not None}
-        return replace(self, **_checked_fields(type(self), given, "override"))
-
 
 @dataclass
-class NFTConfig:
+class NFTConfig(Overridable):
     """The RL stage (paper §3.4): DiffusionNFT on unpaired (source, reference) pairs, a second LoRA ``rl``
     over the frozen cold-start one.
 
@@ -172,11 +176,6 @@ class NFTConfig:
     log_every: int = 1
     validate_every: int = 50
     checkpoint_every: int = 50
-
-    def override(self, **flags: Any) -> NFTConfig:
-        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
-        given = {key: value for key, value in flags.items() if value is not None}
-        return replace(self, **_checked_fields(type(self), given, "override"))
 
 
 def load_config(path: str | os.PathLike, kind: type = SFTConfig):
