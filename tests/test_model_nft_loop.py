@@ -21,14 +21,17 @@ from seminft_bench.model.sft import ADAPTER, add_coldstart_lora
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-def write_pairs(folder: Path) -> Path:
-    """An RL-pairs folder (`build-rl` columns that training reads: id, source, reference, prompt)."""
-    rows = {"id": [], "source": [], "reference": []}
+def write_pairs(folder: Path, with_targets: bool = False) -> Path:
+    """An RL-pairs folder (the `build-rl` columns training reads: id, source, reference), or with
+    ``with_targets`` a cold-start-like one (a target column too)."""
+    rows = {"id": [], "source": [], "reference": [], **({"target": []} if with_targets else {})}
     for i, name in enumerate(PHOTOS):
         rows["id"].append(f"pair-{i}")
         rows["source"].append(Image.fromarray(sample_photo(name)).resize((48, 32)))
         rows["reference"].append(Image.fromarray(sample_photo(PHOTOS[(i + 1) % 4])).resize((32, 32)))
-    features = datasets.Features({"id": datasets.Value("string"), "source": datasets.Image(), "reference": datasets.Image()})
+        if with_targets:
+            rows["target"].append(rows["source"][-1].convert("L").convert("RGB"))
+    features = datasets.Features({key: datasets.Value("string") if key == "id" else datasets.Image() for key in rows})
     (folder / "data").mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
     return folder
@@ -77,33 +80,31 @@ def config(inputs, out, **overrides) -> NFTConfig:
     return NFTConfig().override(**{**settings, **overrides})
 
 
-def test_tiny_nft_trains_rl_leaves_coldstart_bit_identical_and_loads_in_the_pipeline(inputs, tmp_path):
+def test_tiny_nft_trains_rl_leaves_coldstart_bit_identical_and_loads_in_the_pipeline(inputs, tmp_path, monkeypatch):
+    from seminft_bench.model import nft
+
+    trained = []
+    original = nft.save_lora
+    monkeypatch.setattr(nft, "save_lora", lambda flux, *a, **k: (trained.append(flux), original(flux, *a, **k))[1])
     out = train_nft(config(inputs, tmp_path / "run"), tiny=True, cache_dir=tmp_path / "cache")
     rl = load_file(out / LORA_FILE)
     assert any("lora_B" in key and bool(tensor.abs().sum() > 0) for key, tensor in rl.items())  # rl moved from its zero init
-    pipe = SemiNFTPipeline.from_pretrained("tiny:0", lora=[inputs[1], out])
-    assert pipe.lora_hashes().keys() == {"coldstart", "rl"}
+    # peft marks adapters trainable when activated: the frozen cold-start LoRA must not have moved at all
+    after = lora_state(trained[-1], ADAPTER)
+    before = {k.removeprefix("transformer."): v for k, v in load_file(inputs[1] / LORA_FILE).items()}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
     lines = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all(np.isfinite(line["loss"]) for line in lines)
     assert all(0 <= line["reward/online_raw"] <= 5 and line["reward/offline_raw"] > 0 for line in lines)
     assert all(line["reward/failed"] == 0 for line in lines)
+    pipe = SemiNFTPipeline.from_pretrained("tiny:0", lora=[inputs[1], out])
+    assert pipe.lora_hashes().keys() == {"coldstart", "rl"}
     source, reference = sample_photo("astronaut"), sample_photo("coffee")
     with_rl = pipe.denoise(source, reference, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     only_coldstart = SemiNFTPipeline.from_pretrained("tiny:0", lora=[inputs[1]]).denoise(
         source, reference, num_inference_steps=2, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert not torch.allclose(with_rl, only_coldstart)  # the rl LoRA changes what the pipeline makes
-
-
-def test_coldstart_weights_are_bit_identical_after_training(inputs, tmp_path, monkeypatch):
-    from seminft_bench.model import nft
-
-    seen = []
-    original = nft.save_lora
-    monkeypatch.setattr(nft, "save_lora", lambda flux, *a, **k: (seen.append(flux), original(flux, *a, **k))[1])
-    train_nft(config(inputs, tmp_path / "run", steps=2), tiny=True, cache_dir=tmp_path / "cache")
-    after = lora_state(seen[-1], ADAPTER)
-    before = {k.removeprefix("transformer."): v for k, v in load_file(inputs[1] / LORA_FILE).items()}
-    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_resumed_nft_run_equals_uninterrupted_run(inputs, tmp_path):
@@ -188,3 +189,17 @@ def test_two_cpu_processes_train_one_rl_lora(inputs, tmp_path):
     assert rank0.keys() == saved.keys() and all(torch.equal(saved[k], v) for k, v in rank0.items())
     lines = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(np.isfinite(line["reward/online_raw"]) for line in lines)
+
+
+@pytest.mark.parametrize("variant", ["init base", "cold-start pairs"])
+def test_table_3_ablations_train(inputs, tmp_path, variant):
+    if variant == "init base":  # "w/o cold-start": the rl LoRA on the bare base
+        settings = config(inputs, tmp_path / "run", steps=1, init="base", coldstart_lora=None)
+    else:  # "w/o realistic dataset": the synthetic cold-start pairs instead of the RL pairs
+        settings = config(inputs, tmp_path / "run", steps=1, dataset=str(write_pairs(tmp_path / "cs", with_targets=True)))
+    out = train_nft(settings, tiny=True, cache_dir=tmp_path / "cache")
+    assert any("lora_B" in k and bool(t.abs().sum() > 0) for k, t in load_file(out / LORA_FILE).items())
+    lora = [out] if variant == "init base" else [inputs[1], out]
+    names = ["rl"] if variant == "init base" else None
+    pipe = SemiNFTPipeline.from_pretrained("tiny:0", lora=lora, adapter_names=names)
+    assert set(pipe.lora_hashes()) == ({"rl"} if variant == "init base" else {"coldstart", "rl"})
