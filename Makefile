@@ -32,7 +32,7 @@ demo: setup
 	@echo "...then a few tiny DiffusionNFT steps on the demo RL pairs, with example offline anchors (scored by rule)"
 	$(VENV)/bin/seminft-train offline-example --pairs $(DEMO)/rl --out $(DEMO)/offline --count 2
 	$(VENV)/bin/seminft-train nft --tiny --dataset $(DEMO)/rl --coldstart-lora $(DEMO)/sft --reward color-stats \
-		--offline-samples $(DEMO)/offline/offline.jsonl --max-steps 4 --out $(DEMO)/nft --resume latest
+		--offline-samples $(DEMO)/offline/offline.jsonl --max-steps 2 --out $(DEMO)/nft --resume latest
 	$(VENV)/bin/seminft-bench run --dataset demo --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench
 	$(VENV)/bin/seminft-bench run --dataset $(DEMO)/coldstart --method $(DEMO_METHODS),ours $(OURS) --out $(DEMO)/bench-coldstart
 	@echo "demo outputs are in $(DEMO)/:"

@@ -191,10 +191,12 @@ def test_two_cpu_processes_train_one_rl_lora(inputs, tmp_path):
     assert len(lines) == 2 and all(np.isfinite(line["reward/online_raw"]) for line in lines)
 
 
-@pytest.mark.parametrize("variant", ["init base", "cold-start pairs"])
+@pytest.mark.parametrize("variant", ["init base", "cold-start pairs", "kl and adaptive weighting"])
 def test_table_3_ablations_train(inputs, tmp_path, variant):
     if variant == "init base":  # "w/o cold-start": the rl LoRA on the bare base
         settings = config(inputs, tmp_path / "run", steps=1, init="base", coldstart_lora=None)
+    elif variant == "kl and adaptive weighting":  # DiffusionNFT's options, off by default
+        settings = config(inputs, tmp_path / "run", steps=1, kl_weight=0.1, adaptive_weighting=True)
     else:  # "w/o realistic dataset": the synthetic cold-start pairs instead of the RL pairs
         settings = config(inputs, tmp_path / "run", steps=1, dataset=str(write_pairs(tmp_path / "cs", with_targets=True)))
     out = train_nft(settings, tiny=True, cache_dir=tmp_path / "cache")

@@ -148,18 +148,22 @@ def use_policy(pipe: SemiNFTPipeline, config: NFTConfig, policy: str) -> None:
     set_trainable(pipe.components.transformer, RL_ADAPTER)
 
 
+def condition_cache(pipe: SemiNFTPipeline, member: dict, guidance: torch.Tensor | None):
+    """The active policy's condition keys and values for a member's (source, reference)."""
+    conditions = pipe._condition_tokens(member["source"], member["reference"])
+    return pipe.condition_cache(conditions, pipe._text_inputs(1), guidance)
+
+
 def velocity(
-    pipe: SemiNFTPipeline, model: torch.nn.Module, member_batch: dict, x_t: torch.Tensor, sigma: torch.Tensor,
+    pipe: SemiNFTPipeline, model: torch.nn.Module, cache, x_t: torch.Tensor, sigma: torch.Tensor,
     guidance: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The active policy's velocity on the noised latents, the conditions through the condition pass (cache)."""
+    """The active policy's velocity on the noised latents, the conditions read from ``cache``."""
     _, _, height, width = x_t.shape
-    conditions = pipe._condition_tokens(member_batch["source"], member_batch["reference"])
     text = pipe._text_inputs(x_t.shape[0])
-    cache = pipe.condition_cache(conditions, text, guidance)
     return model(
-        pack_latents(x_t).to(conditions["source"].dtype), image_ids(0, height, width, device=x_t.device),
-        **dict.fromkeys(conditions), **text, timestep=sigma, guidance=guidance,
+        pack_latents(x_t).to(text["encoder_hidden_states"].dtype), image_ids(0, height, width, device=x_t.device),
+        None, None, None, None, **text, timestep=sigma, guidance=guidance,
         condition_timestep=pipe.condition_timestep, cache=cache,
     )
 
@@ -352,22 +356,28 @@ def member_loss(
     x0 = member.x0.to(pipe.device, torch.float32).clone()  # a rollout's latents are inference tensors: copy
     _, _, height, width = x0.shape
     sigmas = training_sigmas(pipe, config, (height // 2) * (width // 2))
+    batch = {role: getattr(member, role).to(pipe.device, torch.float32).clone() for role in PAIR_ROLES}
+    with torch.no_grad(), accelerator.autocast():  # the frozen policies' conditions: once per member
+        use_policy(pipe, config, OLD_ADAPTER)
+        old_cache = condition_cache(pipe, batch, guidance)
+        if config.kl_weight:
+            with reference_policy(pipe, config):
+                reference_cache = condition_cache(pipe, batch, guidance)
     total = 0.0
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = (1 - sigma) * x0 + sigma * noise
         t = sigma.reshape(1).to(x0.device)
-        batch = {role: getattr(member, role).to(pipe.device, torch.float32).clone() for role in PAIR_ROLES}
         with torch.no_grad(), accelerator.autocast():
             use_policy(pipe, config, OLD_ADAPTER)
-            v_old = velocity(pipe, pipe.transformer, batch, x_t, t, guidance)
+            v_old = velocity(pipe, pipe.transformer, old_cache, x_t, t, guidance)
             v_ref = None
             if config.kl_weight:
                 with reference_policy(pipe, config):
-                    v_ref = velocity(pipe, pipe.transformer, batch, x_t, t, guidance)
+                    v_ref = velocity(pipe, pipe.transformer, reference_cache, x_t, t, guidance)
         use_policy(pipe, config, RL_ADAPTER)
-        with accelerator.autocast():
-            v_theta = velocity(pipe, model, batch, x_t, t, guidance)
+        with accelerator.autocast():  # the trained policy's conditions carry gradients: built for each backward
+            v_theta = velocity(pipe, model, condition_cache(pipe, batch, guidance), x_t, t, guidance)
         loss = nft_loss(
             v_theta.float(), v_old.float(), pack_latents(noise - x0), torch.tensor([reward], device=x0.device),
             config.beta, sigma=t, adaptive_weighting=config.adaptive_weighting,
