@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from seminft_bench.errors import first_few
 from seminft_bench.fileio import atomic_write_text
 from seminft_bench.model.components import lora_target_regex
 
@@ -89,7 +90,7 @@ def read_lora(folder: Path, flux: torch.nn.Module, adapter: str) -> dict[str, to
         config = flux.peft_config[adapter]
         raise LoraMismatchError(
             f"{path} is not a LoRA of this run's model and LoRA settings (rank {config.r}, these target modules): "
-            f"{'; '.join(differences[:3])}" + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+            f"{first_few(differences, 3)}"
         )
     return state
 

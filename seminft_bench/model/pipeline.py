@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seminft_bench.errors import first_few
 from seminft_bench.imaging import ImageSource, read_image, to_array
 from seminft_bench.model.caches import PromptEmbeddings
 from seminft_bench.model.components import DEFAULT_BASE, FluxComponents
@@ -314,9 +315,8 @@ def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.M
                 elif tensor.shape[axis] != getattr(layer, attribute):
                     problems.append(f"{key}: {tuple(tensor.shape)} does not fit {attribute}={getattr(layer, attribute)}")
     if not state_dict or problems:
-        shown = "; ".join(problems[:3]) or "no LoRA layers in the file"
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise LoraMismatchError(f"{path} is not a LoRA for this FLUX transformer: {shown}{more}")
+        shown = first_few(problems, 3) or "no LoRA layers in the file"
+        raise LoraMismatchError(f"{path} is not a LoRA for this FLUX transformer: {shown}")
 
 
 def _weights_file(path: Path) -> Path:

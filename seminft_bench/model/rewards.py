@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from seminft_bench.errors import first_few
 from seminft_bench.imaging import ImageReadError, ImageSource, read_image
 
 SCORE_RANGE = (0.0, 5.0)
@@ -256,8 +257,7 @@ def load_offline_samples(path: str | os.PathLike) -> list[OfflineSample]:
         if len(images) == 3:
             samples.append(OfflineSample(sample_id, score=float(score), note=row.get("note"), **images))
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise OfflineSamplesError(f"{path}: {len(problems)} unusable record(s): {shown}")
+        raise OfflineSamplesError(f"{path}: {len(problems)} unusable record(s): {first_few(problems)}")
     if not samples:
         raise OfflineSamplesError(f"{path}: no records")
     return samples

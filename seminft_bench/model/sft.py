@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from seminft_bench.errors import first_few
 from seminft_bench.imaging import image_grid, read_image, to_array
 from seminft_bench.model.caches import LatentCache, PromptEmbeddings, vae_identity
 from seminft_bench.model.components import TINY_PREFIX, FluxComponents
@@ -173,8 +174,7 @@ def read_samples(root: Path, split: str, prompt: str | None, roles: tuple[str, .
             continue
         samples.append(Sample(str(row["id"]), text, sizes["source"], sizes["reference"]))
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise DatasetError(f"{root}: split {split!r} has {len(problems)} unusable sample(s): {shown}")
+        raise DatasetError(f"{root}: split {split!r} has {len(problems)} unusable sample(s): {first_few(problems)}")
     if not samples:
         raise DatasetError(f"{root}: split {split!r} has no samples")
     return samples
