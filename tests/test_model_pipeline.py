@@ -54,6 +54,19 @@ def test_condition_cache_on_equals_off_before_decoding(pipe):
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
 
 
+def test_samples_drawn_in_one_batch_equal_one_at_a_time_cache_on_or_off(pipe):
+    source, reference = pipe._encode(Image.fromarray(SOURCE)), pipe._encode(Image.fromarray(REFERENCE))
+    # CPU randn fills blocks of 16 numbers: one [3, 4, h, w] draw (h, w even) is three [1, 4, h, w] draws in a row
+    generator = seeded()
+    one_by_one = torch.cat([pipe.denoise_latents(source, reference, 3, generator=generator) for _ in range(3)])
+    for cached in (True, False):
+        batched = pipe.denoise_latents(source, reference, 3, generator=seeded(), use_condition_cache=cached, num_samples=3)
+        torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=0)
+    assert not torch.allclose(one_by_one[0], one_by_one[1])
+    with pytest.raises(ValueError, match="one pair"):
+        pipe.denoise_latents(source.expand(2, -1, -1, -1), reference.expand(2, -1, -1, -1), 1, num_samples=2)
+
+
 def test_the_reference_and_the_seed_change_the_result(pipe):
     base = pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded())
     assert torch.equal(base, pipe.denoise(SOURCE, REFERENCE, num_inference_steps=3, generator=seeded()))

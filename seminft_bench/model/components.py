@@ -84,7 +84,10 @@ def tiny_components(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Flu
     The VAE has 4 latent channels (FLUX's has 16) and downsamples by 4 (FLUX's by 8), so a
     64×64 image becomes 8×8 = 64 tokens after 2×2 packing and a whole denoising loop runs
     on a CPU in seconds. Scaling and shift factors are FLUX's, so the latent maths is the
-    real one. The global random state is left untouched.
+    real one. Its group norms have one group: with a group per channel, as a random decoder
+    would otherwise have, every channel is normalised on its own and every latent decodes to
+    the same mean colour, so no colour reward could tell the tiny model's samples apart.
+    The global random state is left untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -96,7 +99,7 @@ def tiny_components(seed: int = 0, *, dtype: torch.dtype = torch.float32) -> Flu
             block_out_channels=(8, 16, 16),
             layers_per_block=1,
             latent_channels=4,
-            norm_num_groups=8,
+            norm_num_groups=1,
             scaling_factor=0.3611,
             shift_factor=0.1159,
             use_quant_conv=False,

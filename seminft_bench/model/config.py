@@ -147,6 +147,9 @@ class NFTConfig(Overridable):
     """The anchors' file (`rewards.load_offline_samples`); None trains on online samples only ("w/o offline")."""
     rollout_steps: int = 6
     guidance_scale: float = 3.5
+    micro_batch: int | None = None
+    """Members per forward and backward pass of the loss; None trains a group's online samples in one batch.
+    Lower it to fit memory: the loss is the same weighted sum (only the order of the noise draws changes)."""
     reward: Literal["vlm", "color-stats"] = "vlm"
     reward_judge: str = "qwen3-vl-8b"
     """The VLM reward's judge name (judge registry or ``reward_config``)."""

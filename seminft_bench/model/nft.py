@@ -127,14 +127,25 @@ VALIDATION_PAIRS = 4
 
 
 @dataclass
-class Member:
-    """One sample of a group: its clean latents x_0, the conditions it was made for, and its raw score."""
+class Batch:
+    """Group members trained together: clean latents x_0 ``[n]``, the conditions they were made for (``[1]``,
+    shared by all, or ``[n]``) and their normalised rewards ``[n]``."""
 
     x0: torch.Tensor
     source: torch.Tensor
     reference: torch.Tensor
-    score: float
-    online: bool
+    reward: torch.Tensor
+
+    def chunks(self, size: int | None) -> list[Batch]:
+        """At most ``size`` members each (None: one chunk), for the memory the loss may use."""
+        if size is None or size >= len(self.reward):
+            return [self]
+        shared = self.source.shape[0] == 1
+        return [
+            Batch(self.x0[i : i + size], *(c if shared else c[i : i + size] for c in (self.source, self.reference)),
+                  self.reward[i : i + size])  # fmt: skip
+            for i in range(0, len(self.reward), size)
+        ]
 
 
 def policy_adapters(config: NFTConfig, policy: str) -> list[str]:
@@ -144,14 +155,19 @@ def policy_adapters(config: NFTConfig, policy: str) -> list[str]:
 
 def use_policy(pipe: SemiNFTPipeline, config: NFTConfig, policy: str) -> None:
     """Activate ``policy`` (``rl`` or ``old``) and keep ``rl`` the only trainable adapter (peft re-marks on switches)."""
-    pipe.set_adapters(policy_adapters(config, policy))
-    set_trainable(pipe.components.transformer, RL_ADAPTER)
+    adapters = policy_adapters(config, policy)
+    if pipe.active_adapters != (adapters, None):
+        pipe.set_adapters(adapters)
+        set_trainable(pipe.components.transformer, RL_ADAPTER)
 
 
-def condition_cache(pipe: SemiNFTPipeline, member: dict, guidance: torch.Tensor | None):
-    """The active policy's condition keys and values for a member's (source, reference)."""
-    conditions = pipe._condition_tokens(member["source"], member["reference"])
-    return pipe.condition_cache(conditions, pipe._text_inputs(1), guidance)
+def condition_cache(pipe: SemiNFTPipeline, batch: dict, guidance: torch.Tensor | None):
+    """The active policy's condition keys and values for a batch's (source, reference) latents."""
+    conditions = pipe._condition_tokens(batch["source"], batch["reference"])
+    cache = pipe.condition_cache(conditions, pipe._text_inputs(batch["source"].shape[0]), guidance)
+    if "main" in pipe.lora_on.values():  # the condition pass switched adapters, and peft re-marked them trainable
+        set_trainable(pipe.components.transformer, RL_ADAPTER)
+    return cache
 
 
 def velocity(
@@ -171,9 +187,12 @@ def velocity(
 def rollout(
     pipe: SemiNFTPipeline, config: NFTConfig, source: torch.Tensor, reference: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """One online sample of the old policy: clean latents after ``rollout_steps`` Euler steps from fresh noise."""
+    """A group's online samples from the old policy: ``group_online`` clean latents, in one batch, after
+    ``rollout_steps`` Euler steps from fresh noise."""
     use_policy(pipe, config, OLD_ADAPTER)
-    return pipe.denoise_latents(source, reference, config.rollout_steps, config.guidance_scale, generator)
+    return pipe.denoise_latents(
+        source, reference, config.rollout_steps, config.guidance_scale, generator, num_samples=config.group_online
+    )
 
 
 def training_sigmas(pipe: SemiNFTPipeline, config: NFTConfig, image_tokens: int) -> torch.Tensor:
@@ -187,11 +206,12 @@ def train_nft(
     """Train the ``rl`` LoRA as ``config`` says; returns ``config.out``, which then holds its
     ``pytorch_lora_weights.safetensors``.
 
-    Each iteration: draw a (source, reference) pair per process; roll out ``group_online`` samples
-    with the old policy (``coldstart`` + ``old``) and score them (in a worker thread, while the next
-    sample is rolled out); add ``group_offline`` anchors with their human scores; normalise the
-    group (Eq. 5–6); take one AdamW step on Eq. 1 over every member at every rollout noise level;
-    soft-update ``old``. Failed rewards drop out of their group and are counted.
+    Each iteration: draw ``pairs_per_step`` (source, reference) pairs per process; for each, roll out
+    ``group_online`` samples in one batch with the old policy (``coldstart`` + ``old``) and score them
+    in a worker thread while the next pair's group is rolled out; add ``group_offline`` anchors with
+    their human scores; normalise each group (Eq. 5–6); take one AdamW step on the mean of Eq. 1
+    over every member at every rollout noise level; soft-update ``old``. Failed rewards drop out of
+    their group and are counted.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -204,6 +224,8 @@ def train_nft(
         raise ValueError("config needs both dataset and out")
     if config.init == "coldstart" and not config.coldstart_lora:
         raise ValueError("config needs coldstart_lora (the SFT run's folder), or init: base to train without it")
+    if config.condition_timestep is None:
+        raise ValueError("NFT runs on the condition cache: condition_timestep must be a number (0 as in SFT), not null")
     if config.group_online < 2 and config.steps:
         raise ValueError("group_online must be at least 2: a group of one has nothing to compare")
     out = Path(config.out)
@@ -266,46 +288,58 @@ def train_nft(
     validation_steps = sft.TINY_VALIDATION_STEPS if is_tiny else sft.VALIDATION_STEPS
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
-    guidance = pipe._guidance(config.guidance_scale, 1)
     rl_params = [p for n, p in flux.named_parameters() if f".{RL_ADAPTER}." in n]
     old_params = [p for n, p in flux.named_parameters() if f".{OLD_ADAPTER}." in n]
     scorer = ThreadPoolExecutor(1, thread_name_prefix="reward")
     bar = tqdm(total=config.steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="nft")
     failed_total = 0
+
+    def validate(step: int) -> dict[str, float]:
+        """The rl policy's validation grid (saved and logged) and its mean reward on the validation pairs."""
+        use_policy(pipe, config, RL_ADAPTER)
+        grid = sft.validation_grid(pipe, validation, validation_steps, config.seed, accelerator.autocast)
+        grid.save(out / "logs" / f"validation-{step:08d}.png")
+        log.image(step, "validation", grid)
+        with accelerator.autocast():
+            return {"reward/validation": validation_reward(pipe, config, reward, validation)}
+
+    if log and validation and progress.step == 0:  # where the curve starts
+        log.scalars(0, validate(0))
     while progress.step < config.steps:
         step = progress.step
         generator = sft.step_generator(config.seed, step, rank)
         rng = np.random.default_rng([config.seed, step, rank])
-        losses, online_raw, offline_raw, normalized, failed = [], [], [], {"online": [], "offline": []}, 0
+        # Rollouts with the old policy, a group per pair; each group is scored in the worker while the next is made.
+        rollouts = []
         for index in pair_indices(len(pairs), config.pairs_per_step, config.seed, step, rank, world):
             pair = pairs[index]
             source, reference = cache.get(pair.id, "source"), cache.get(pair.id, "reference")
+            x0 = rollout(pipe, config, source, reference, generator)
             pictures = images.pair(pair.id)
-            # Rollouts with the old policy; each sample is scored in the worker while the next one is made.
-            members, futures = [], []
-            for _ in range(config.group_online):
-                x0 = rollout(pipe, config, source, reference, generator)
-                members.append(Member(x0, source, reference, float("nan"), online=True))
-                image = decode(pipe, x0)
-                futures.append(scorer.submit(reward.score, [Triple(pair.id, pictures["source"], pictures["reference"], image)]))
-            for member, future in zip(members, futures):
-                member.score = future.result()[0] if future.result()[0] is not None else float("nan")
-            failed += sum(1 for m in members if not np.isfinite(m.score))
-            members = [m for m in members if np.isfinite(m.score)]
-            for sample in draw_offline(offline, config.group_offline, rng):
-                members.append(Member(*offline_latents[offline.index(sample)], sample.score, online=False))
-            online = [m.score for m in members if m.online]
-            if len(members) < 2:
+            triples = [Triple(f"{pair.id}/{i}", pictures["source"], pictures["reference"], image)
+                       for i, image in enumerate(decode(pipe, x0))]  # fmt: skip
+            rollouts.append((x0, source, reference, scorer.submit(reward.score, triples)))
+        batches, raw, normalized, failed = [], {"online": [], "offline": []}, {"online": [], "offline": []}, 0
+        for x0, source, reference, scores in rollouts:
+            scores = scores.result()
+            kept = [i for i, score in enumerate(scores) if score is not None]  # a failed reward leaves its group
+            failed += len(scores) - len(kept)
+            anchors = [offline.index(sample) for sample in draw_offline(offline, config.group_offline, rng)]
+            if len(kept) + len(anchors) < 2:
                 continue  # nothing to compare in this group
-            r_online, r_offline = group_normalize(online, [m.score for m in members if not m.online])
-            ordered = [m for m in members if m.online] + [m for m in members if not m.online]
-            online_raw += online
-            offline_raw += [m.score for m in members if not m.online]
-            normalized["online"] += list(r_online)
-            normalized["offline"] += list(r_offline)
-            with accelerator.no_sync(model):  # gradients accumulate here and are averaged once below
-                for member, r in zip(ordered, [*r_online, *r_offline], strict=True):
-                    losses.append(member_loss(pipe, model, config, member, float(r), guidance, generator, accelerator))
+            online, anchored = [scores[i] for i in kept], [offline[i].score for i in anchors]
+            r_online, r_offline = group_normalize(online, anchored)
+            for kind, values, rewards in (("online", online, r_online), ("offline", anchored, r_offline)):
+                raw[kind] += values
+                normalized[kind] += list(rewards)
+            if kept:
+                batches.append(Batch(x0[kept], source, reference, torch.as_tensor(r_online, dtype=torch.float32)))
+            batches += offline_batches([offline_latents[i] for i in anchors], r_offline)
+        members = sum(len(batch.reward) for batch in batches)
+        loss = 0.0
+        with accelerator.no_sync(model):  # gradients accumulate here and are averaged once below
+            for batch in (chunk for batch in batches for chunk in batch.chunks(config.micro_batch)):
+                loss += batch_loss(pipe, model, config, batch, len(batch.reward) / members, generator, accelerator)
         average_gradients(accelerator, params)  # ranks may have run different numbers of members
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -315,21 +349,20 @@ def train_nft(
         failed_total += failed
 
         stats = gather_stats(accelerator, {
-            "reward/online_raw": online_raw, "reward/offline_raw": offline_raw,
+            "reward/online_raw": raw["online"], "reward/offline_raw": raw["offline"],
             "reward/online_normalized": normalized["online"], "reward/offline_normalized": normalized["offline"],
-            "loss": losses,
+            "loss": [loss] if members else [],
         }, failed)
         bar.update(1)
         bar.set_postfix(reward=f"{stats['reward/online_raw']:.3f}", loss=f"{stats['loss']:.4f}")
-        if log and (progress.step % config.log_every == 0 or progress.step == config.steps):
-            log.scalars(progress.step, {**stats, "grad_norm": float(grad_norm), "old_decay": old_decay(step, config.decay_rate, config.decay_max)})
-        if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:
+        last = progress.step == config.steps
+        values = {**stats, "grad_norm": float(grad_norm), "old_decay": old_decay(step, config.decay_rate, config.decay_max)}
+        if log and validation and (progress.step % config.validate_every == 0 or last):
+            values.update(validate(progress.step))
+        if log and (progress.step % config.log_every == 0 or last or "reward/validation" in values):
+            log.scalars(progress.step, values)
+        if progress.step % config.checkpoint_every == 0 or last:
             sft.save_checkpoint(accelerator, out, progress.step, config)
-        if log and validation and (progress.step % config.validate_every == 0 or progress.step == config.steps):
-            use_policy(pipe, config, RL_ADAPTER)
-            grid = sft.validation_grid(pipe, validation, validation_steps, config.seed, accelerator.autocast)
-            grid.save(out / "logs" / f"validation-{progress.step:08d}.png")
-            log.image(progress.step, "validation", grid)
     bar.close()
     scorer.shutdown()
     reward.close()
@@ -348,26 +381,30 @@ def train_nft(
     return out
 
 
-def member_loss(
-    pipe: SemiNFTPipeline, model: torch.nn.Module, config: NFTConfig, member: Member, reward: float,
-    guidance: torch.Tensor | None, generator: torch.Generator, accelerator,
+def batch_loss(
+    pipe: SemiNFTPipeline, model: torch.nn.Module, config: NFTConfig, batch: Batch, weight: float,
+    generator: torch.Generator, accelerator,
 ) -> float:
-    """Eq. 1 for one group member at every rollout noise level, back-propagated now (gradients accumulate)."""
-    x0 = member.x0.to(pipe.device, torch.float32).clone()  # a rollout's latents are inference tensors: copy
-    _, _, height, width = x0.shape
+    """Eq. 1 for a batch of members at every rollout noise level, times ``weight`` (the batch's share of the
+    step's members, so the step's loss is their mean), back-propagated now: gradients accumulate."""
+    x0 = batch.x0.to(pipe.device, torch.float32).clone()  # a rollout's latents are inference tensors: copy
+    count, _, height, width = x0.shape
     sigmas = training_sigmas(pipe, config, (height // 2) * (width // 2))
-    batch = {role: getattr(member, role).to(pipe.device, torch.float32).clone() for role in PAIR_ROLES}
-    with torch.no_grad(), accelerator.autocast():  # the frozen policies' conditions: once per member
+    conditions = {role: getattr(batch, role).to(pipe.device, torch.float32).clone() for role in PAIR_ROLES}
+    condition_guidance = pipe._guidance(config.guidance_scale, conditions["source"].shape[0])
+    guidance = pipe._guidance(config.guidance_scale, count)
+    reward = batch.reward.to(pipe.device)
+    with torch.no_grad(), accelerator.autocast():  # the frozen policies' conditions: once per batch
         use_policy(pipe, config, OLD_ADAPTER)
-        old_cache = condition_cache(pipe, batch, guidance)
+        old_cache = condition_cache(pipe, conditions, condition_guidance)
         if config.kl_weight:
             with reference_policy(pipe, config):
-                reference_cache = condition_cache(pipe, batch, guidance)
+                reference_cache = condition_cache(pipe, conditions, condition_guidance)
     total = 0.0
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         x_t = (1 - sigma) * x0 + sigma * noise
-        t = sigma.reshape(1).to(x0.device)
+        t = sigma.expand(count).to(x0.device)
         with torch.no_grad(), accelerator.autocast():
             use_policy(pipe, config, OLD_ADAPTER)
             v_old = velocity(pipe, pipe.transformer, old_cache, x_t, t, guidance)
@@ -377,15 +414,28 @@ def member_loss(
                     v_ref = velocity(pipe, pipe.transformer, reference_cache, x_t, t, guidance)
         use_policy(pipe, config, RL_ADAPTER)
         with accelerator.autocast():  # the trained policy's conditions carry gradients: built for each backward
-            v_theta = velocity(pipe, model, condition_cache(pipe, batch, guidance), x_t, t, guidance)
+            v_theta = velocity(pipe, model, condition_cache(pipe, conditions, condition_guidance), x_t, t, guidance)
         loss = nft_loss(
-            v_theta.float(), v_old.float(), pack_latents(noise - x0), torch.tensor([reward], device=x0.device),
-            config.beta, sigma=t, adaptive_weighting=config.adaptive_weighting,
-            v_ref=None if v_ref is None else v_ref.float(), kl_weight=config.kl_weight,
-        ) / len(sigmas)
+            v_theta.float(), v_old.float(), pack_latents(noise - x0), reward, config.beta, sigma=t,
+            adaptive_weighting=config.adaptive_weighting, v_ref=None if v_ref is None else v_ref.float(),
+            kl_weight=config.kl_weight,
+        ) * (weight / len(sigmas))
         accelerator.backward(loss)
         total += loss.item()
     return total
+
+
+def offline_batches(latents: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], rewards) -> list[Batch]:
+    """The drawn anchors ((x_0, source, reference) latents each, with their normalised rewards) stacked into
+    batches of equal shapes."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, parts in enumerate(latents):
+        by_shape.setdefault(tuple(tuple(part.shape) for part in parts), []).append(i)
+    return [
+        Batch(*(torch.cat([latents[i][part] for i in members]) for part in range(3)),
+              torch.as_tensor([rewards[i] for i in members], dtype=torch.float32))  # fmt: skip
+        for members in by_shape.values()
+    ]
 
 
 @contextmanager
@@ -401,6 +451,22 @@ def reference_policy(pipe: SemiNFTPipeline, config: NFTConfig) -> Iterator[None]
         yield
     finally:
         flux.enable_adapters()
+
+
+def validation_reward(pipe: SemiNFTPipeline, config: NFTConfig, reward: Reward, pairs: list[dict]) -> float:
+    """The mean reward of the active policy's samples (``group_online`` per pair, ``rollout_steps``, fixed
+    noise) on the validation pairs: the curve to watch, since the rollouts' rewards move with the pairs drawn.
+    NaN when every reward failed."""
+    scores = []
+    for i, pair in enumerate(pairs):
+        source, reference = read_image(pair["source"]), read_image(pair["reference"])
+        x0 = pipe.denoise_latents(
+            pipe._encode(source), pipe._encode(reference), config.rollout_steps, config.guidance_scale,
+            torch.Generator().manual_seed(config.seed + i), num_samples=config.group_online,
+        )
+        triples = [Triple(f"{pair['id']}/{k}", source, reference, image) for k, image in enumerate(decode(pipe, x0))]
+        scores += [score for score in reward.score(triples) if score is not None]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def make_reward(config: NFTConfig) -> Reward:
@@ -450,9 +516,9 @@ def encode_offline(pipe: SemiNFTPipeline, sample: OfflineSample) -> tuple[torch.
     return pipe._encode(image).float(), pipe._encode(source).float(), pipe._encode(read_image(sample.reference)).float()
 
 
-def decode(pipe: SemiNFTPipeline, latents: torch.Tensor) -> Image.Image:
+def decode(pipe: SemiNFTPipeline, latents: torch.Tensor) -> list[Image.Image]:
     with torch.inference_mode():
-        return _to_pil(pipe.components.decode(latents)[0])
+        return [_to_pil(image) for image in pipe.components.decode(latents)]
 
 
 def gather_stats(accelerator, values: dict[str, list[float]], failed: int) -> dict[str, float]:

@@ -52,6 +52,8 @@ class SemiNFTPipeline:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.components = components
         self.transformer = SemiNFTTransformer(components.transformer.to(self.device))
+        self.dtype = components.transformer.dtype
+        """The transformer's compute dtype, read once: diffusers' ``.dtype`` walks every module on each call."""
         components.vae.to(self.device)
         self.prompt = prompt
         self.prompt_text = prompt_text
@@ -212,26 +214,40 @@ class SemiNFTPipeline:
         guidance_scale: float = 3.5,
         generator: torch.Generator | None = None,
         use_condition_cache: bool = True,
+        num_samples: int = 1,
     ) -> torch.Tensor:
-        """`denoise` from the VAE latents of source and reference (as training caches them)."""
+        """`denoise` from the VAE latents of source and reference (as training caches them).
+
+        ``num_samples`` > 1 (one pair only) draws that many samples from fresh noise in one batch, the
+        conditions computed once for all of them: a group of RL rollouts.
+        """
         source_latents = source_latents.to(self.device, self.components.vae.dtype)
         reference_latents = reference_latents.to(self.device, self.components.vae.dtype)
-        batch, _, height, width = source_latents.shape
+        pairs, channels, height, width = source_latents.shape
+        if num_samples > 1 and pairs != 1:
+            raise ValueError(f"num_samples={num_samples} draws samples of one pair, got {pairs}")
+        batch = pairs * num_samples
         conditions = self._condition_tokens(source_latents, reference_latents)
-        noise = torch.randn(source_latents.shape, generator=generator, device=generator.device if generator else "cpu")
+        noise = torch.randn(
+            (batch, channels, height, width), generator=generator, device=generator.device if generator else "cpu"
+        )
         latents = pack_latents(noise.to(self.device, conditions["source"].dtype))
         noisy_ids = image_ids(0, height, width, device=self.device)
         text = self._text_inputs(batch)
         guidance = self._guidance(guidance_scale, batch)
         # A LoRA trained on the main branch only never touches the conditions: they then always go
         # through the cache, built once (cache on) or at every step (cache off, same numbers).
+        # The cache of one pair serves every sample of it.
         per_step_cache = not use_condition_cache and set(self.lora_on.values()) & {"main"}
-        cache = self.condition_cache(conditions, text, guidance) if use_condition_cache else None
+        pair_text, pair_guidance = self._text_inputs(pairs), self._guidance(guidance_scale, pairs)
+        cache = self.condition_cache(conditions, pair_text, pair_guidance) if use_condition_cache else None
+        if not use_condition_cache and not per_step_cache and num_samples > 1:
+            conditions = {k: v.expand(batch, -1, -1) if v.ndim == 3 else v for k, v in conditions.items()}
         scheduler = self._scheduler(num_inference_steps, latents.shape[1])
         for t in scheduler.timesteps:
             timestep = (t / 1000).expand(batch).to(latents.dtype)
             if per_step_cache:
-                cache = self.condition_cache(conditions, text, guidance)
+                cache = self.condition_cache(conditions, pair_text, pair_guidance)
             velocity = self.transformer(
                 latents, noisy_ids, **(dict.fromkeys(conditions) if cache else conditions), **text,
                 timestep=timestep, guidance=guidance, condition_timestep=self.condition_timestep, cache=cache,
@@ -261,7 +277,7 @@ class SemiNFTPipeline:
 
     def _condition_tokens(self, source_latents: torch.Tensor, reference_latents: torch.Tensor) -> dict[str, torch.Tensor]:
         (_, _, sh, sw), (_, _, rh, rw) = source_latents.shape, reference_latents.shape
-        dtype = self.components.transformer.dtype
+        dtype = self.dtype
         return {
             "reference": pack_latents(reference_latents).to(dtype),
             "reference_ids": image_ids(1, rh, rw, device=self.device),
@@ -270,7 +286,7 @@ class SemiNFTPipeline:
         }
 
     def _text_inputs(self, batch: int) -> dict[str, torch.Tensor]:
-        dtype = self.components.transformer.dtype
+        dtype = self.dtype
         return {
             "encoder_hidden_states": self.prompt.prompt_embeds.to(self.device, dtype).expand(batch, -1, -1),
             "pooled_projections": self.prompt.pooled_prompt_embeds.to(self.device, dtype).expand(batch, -1),
