@@ -20,18 +20,12 @@ import time
 import torch
 from diffusers import FluxTransformer2DModel
 
-from seminft_bench.model.components import TINY_TRANSFORMER
+from seminft_bench.model.components import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 from seminft_bench.model.conditioning import image_ids
 from seminft_bench.model.config import LORA_TARGET_MODULES, SFTConfig
 from seminft_bench.model.lora import add_lora
 from seminft_bench.model.sft import flow_matching_loss
 from seminft_bench.model.transformer import SemiNFTTransformer
-
-FLUX_DEV = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-    joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56), guidance_embeds=True,
-)
-
 
 def latents(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
     """An SFT batch as `sft.load_batch` gives it: VAE latents ``[1, C, 2·grid, 2·grid]`` per role and the prompt."""
@@ -151,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    config = TINY_TRANSFORMER if args.tiny else FLUX_DEV
+    config = TINY_TRANSFORMER if args.tiny else FLUX_DEV_TRANSFORMER
     grid, text_tokens = (4, 8) if args.tiny else (32, 512)
     model = build(config, device, dtype, float8=False)
     batch = inputs(config, grid, text_tokens, device, dtype)

@@ -241,6 +241,29 @@ def test_dino_similarity_is_one_for_identical_images_and_batches_match(tiny_dino
     np.testing.assert_allclose(batch, [1.0, different], atol=1e-5)
 
 
+def test_dino_local_is_the_mean_patchwise_cosine_written_out_and_sees_moved_content(tiny_dino):
+    from transformers import ViTImageProcessor, ViTModel
+
+    photo = skimage.data.chelsea()
+    shifted = np.roll(photo, photo.shape[1] // 2, axis=1)  # the same content, moved half a frame
+    network = ViTModel.from_pretrained(tiny_dino, add_pooling_layer=False).eval()
+    processor = ViTImageProcessor.from_pretrained(tiny_dino)
+
+    def patches(image):  # CLS dropped
+        pixels = processor(images=image.astype(np.float32) / 255, do_rescale=False, return_tensors="pt")
+        with torch.no_grad():
+            return network(**pixels).last_hidden_state[0, 1:].double().numpy()
+
+    a, b = patches(photo), patches(shifted)
+    expected = np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    got = metrics.dino_local_similarity(photo, shifted, model=tiny_dino)
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert metrics.dino_local_similarity(photo, photo, model=tiny_dino) == pytest.approx(1.0, abs=1e-5)
+    regraded = (np.clip(photo * [1.1, 0.95, 0.85], 0, 255)).astype(np.uint8)  # same content, other colours
+    assert metrics.dino_local_similarity(photo, regraded, model=tiny_dino) > got
+    assert metrics.get_metric("dino_local").compared_with == "source"
+
+
 def test_success_is_similarity_strictly_above_the_threshold():
     assert metrics.success(0.9) is True
     assert metrics.success(metrics.DINO_THRESHOLD) is False

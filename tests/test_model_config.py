@@ -124,3 +124,15 @@ def test_nft_example_file_lists_every_option_at_its_default_and_the_paper_group(
     assert config.group_online + config.group_offline == 9 and config.rollout_steps == 6  # §3.4, §4.1
     with pytest.raises(ConfigError, match="unknown key 'group'"):
         NFTConfig().override(group=9)
+
+
+def test_ablations_example_file_lists_every_option_at_its_default_and_table_3s_rows():
+    from seminft_bench.model.ablations import ROWS
+    from seminft_bench.model.config import AblationsConfig
+
+    example = EXAMPLE.with_name("ablations.yaml")
+    assert set(yaml.safe_load(example.read_text())) == {f.name for f in fields(AblationsConfig)}
+    config = load_config(example, AblationsConfig)
+    assert config == AblationsConfig(out="runs/ablations", sft="configs/sft.yaml", nft="configs/nft.yaml")
+    assert [ROWS[row].label for row in config.rows] == [
+        "SemiNFT", "w/o cold-start stage", "w/o RL stage", "w/o realistic dataset", "w/o offline samples"]  # fmt: skip

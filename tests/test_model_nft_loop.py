@@ -119,15 +119,15 @@ def test_nft_raises_the_colour_reward_on_a_fixed_pair(tmp_path):
     (tmp_path / "pair" / "data").mkdir(parents=True)
     datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "pair" / "data" / "train-00000-of-00001.parquet")
     settings = NFTConfig().override(
-        dataset=str(tmp_path / "pair"), out=str(tmp_path / "run"), base="tiny:0", init="base", steps=60, group_online=6,
+        dataset=str(tmp_path / "pair"), out=str(tmp_path / "run"), base="tiny:0", init="base", steps=40, group_online=6,
         group_offline=0, rollout_steps=2, reward="color-stats", lora_rank=4, lora_alpha=4, resolution=32,
         learning_rate=3e-2, validate_every=20, checkpoint_every=1000,
     )  # fmt: skip
     out = train_nft(settings, tiny=True, cache_dir=tmp_path / "cache")
     lines = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     curve = {line["step"]: line["reward/validation"] for line in lines if "reward/validation" in line}
-    assert list(curve) == [0, 20, 40, 60]
-    assert curve[60] > curve[0] + 0.05, curve  # the reachable range is about 1.0-1.5 on this pair
+    assert list(curve) == [0, 20, 40]
+    assert curve[40] > curve[0] + 0.05, curve  # the reachable range is about 1.0-1.5 on this pair
     rollouts = [line["reward/online_raw"] for line in lines if "loss" in line]
     assert np.mean(rollouts[-10:]) > np.mean(rollouts[:10]) + 0.05
 

@@ -1,5 +1,5 @@
 """Image metrics of the benchmark (paper §4.1) and their registry: PSNR, SSIM, LPIPS, DISTS, the DINO
-success ratio, and two weight-free ones that run anywhere: `color` (to the reference) and `structure`
+success ratio, DINO's position-by-position patch similarity (Table 3), and two weight-free ones that run anywhere: `color` (to the reference) and `structure`
 (to the source).
 
 Every metric takes a pair of images, or two batches of the same length, each as a PIL image,
@@ -123,14 +123,30 @@ def dino_similarity(
     a Hugging Face id already in the local cache, or a folder written by ``save_pretrained``;
     images go through the model's own ``ViTImageProcessor``.
     """
-    network, processor = _dino_network(model, _device(device))
-
-    def embed(images: torch.Tensor) -> torch.Tensor:
-        pixels = processor(images=list(images), do_rescale=False, return_tensors="pt", device=images.device)
-        return network(pixel_values=pixels["pixel_values"]).last_hidden_state[:, 0]
-
+    tokens = _dino_tokens(model, _device(device))
     return _per_pair(
-        lambda s, o: F.cosine_similarity(embed(s), embed(o), dim=-1), source, output,
+        lambda s, o: F.cosine_similarity(tokens(s)[:, 0], tokens(o)[:, 0], dim=-1), source, output,
+        device=device, dtype=torch.float32, batch_size=batch_size,
+    )
+
+
+def dino_local_similarity(
+    source: ImageInput, output: ImageInput, *, model: str = DINO_MODEL, device: str | None = None,
+    batch_size: int = 32,
+) -> Values:
+    """Content kept in place: the mean over patch positions of the cosine similarity of the DINO ViT patch
+    tokens of ``source`` and ``output`` at the same position (the paper's Table 3 "DINO_local" column).
+
+    DINO's patch tokens describe local semantics and are robust to colour (Caron et al., "Emerging
+    Properties in Self-Supervised Vision Transformers", ICCV 2021); compared position by position
+    they drop where content moved or changed, which the global CLS embedding of `dino_similarity`
+    can average away. Both images are resized to the model's input grid, so an output the size
+    of its source lines up patch for patch. The paper thresholds it into a binary "local change"
+    count without giving the threshold; this is the similarity itself. Same ``model`` as `dino_similarity`.
+    """
+    tokens = _dino_tokens(model, _device(device))
+    return _per_pair(
+        lambda s, o: F.cosine_similarity(tokens(s)[:, 1:], tokens(o)[:, 1:], dim=-1).mean(1), source, output,
         device=device, dtype=torch.float32, batch_size=batch_size,
     )
 
@@ -242,6 +258,11 @@ METRICS: dict[str, Metric] = {
         Metric(
             "success", "Success", "source", True, lambda similarity, _, s: success(similarity, s.dino_threshold),
             parameters=("dino_model", "dino_threshold"), weights="as dino", uses="dino",
+        ),
+        Metric(
+            "dino_local", "DINO local", "source", True,
+            lambda p, src, s: dino_local_similarity(src, p, model=s.dino_model, device=s.device),
+            parameters=("dino_model",), weights="as dino",
         ),
         Metric("color", "Color dist.", "reference", False, lambda p, r, s: color(p, r)),
         Metric("structure", "Structure", "source", True, lambda p, src, s: structure(p, src, device=s.device)),
@@ -443,6 +464,17 @@ def _dists_network(device: torch.device, checkpoints: Path) -> torch.nn.Module:
         warnings.simplefilter("ignore", UserWarning)  # as above: piq passes `pretrained=True` to torchvision
         model = piq.DISTS(reduction="none")
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def _dino_tokens(model: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images ``[B, 3, H, W]`` in [0, 1] to DINO's last hidden states ``[B, 1 + patches, D]`` (CLS first)."""
+    network, processor = _dino_network(model, device)
+
+    def tokens(images: torch.Tensor) -> torch.Tensor:
+        pixels = processor(images=list(images), do_rescale=False, return_tensors="pt", device=images.device)
+        return network(pixel_values=pixels["pixel_values"]).last_hidden_state
+
+    return tokens
 
 
 @functools.cache

@@ -43,7 +43,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seminft_bench.bench.methods import PREDICTIONS_PREFIX, REGISTRY, Method, MethodContext, MethodUnavailable, get_method
+from seminft_bench.bench.methods import (
+    PREDICTIONS_PREFIX, REGISTRY, Method, MethodContext, MethodUnavailable, get_method, is_method_name,
+)
 from seminft_bench.bench.metrics import (
     DINO_MODEL,
     DINO_THRESHOLD,
@@ -153,8 +155,8 @@ def check_names(options: RunOptions) -> None:
     config = load_config(options.judge_config)
     problems = []
     for name in options.methods:
-        if name not in REGISTRY and not name.startswith(PREDICTIONS_PREFIX):
-            problems.append(f"unknown method {name!r} (known: {', '.join(REGISTRY)}, or {PREDICTIONS_PREFIX}DIR)")
+        if not is_method_name(name):
+            problems.append(f"unknown method {name!r} (known: {', '.join(REGISTRY)}, {PREDICTIONS_PREFIX}DIR or NAME:VARIANT)")
     for name in [*options.judges, *([options.reward] if options.reward else [])]:
         if name not in config.judges:
             problems.append(f"unknown judge {name!r} (known: {', '.join(config.judges)}; add one in a judge config)")

@@ -46,6 +46,7 @@ def run_command(
     ours_steps: Optional[int] = typer.Option(None, min=1, help="ours: denoising steps [default: 28]."),
     ours_seed: Optional[int] = typer.Option(None, help="ours: the seed of every sample's noise [default: 0]."),
     ours_config: Optional[Path] = typer.Option(None, help="ours: a YAML file of these options (flags win)."),
+    ours_variant: list[str] = typer.Option([], help="NAME=FILE.yaml: the options of method ours:NAME (an ablation row); repeat for several."),
 ) -> None:
     """Run methods on a set, score every output, and write results.jsonl plus the reports.
 
@@ -61,7 +62,10 @@ def run_command(
         metrics=_names(metrics), split=split, variant=variant, skip_bad=skip_bad, limit=limit,
         concurrency=concurrency, cache=str(cache) if cache else None, judge_config=str(config) if config else None,
         device=device, dino_threshold=dino_threshold, dino_model=dino_model, overwrite=overwrite,
-        method_options={"ours": _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps, seed=ours_seed)},
+        method_options={
+            "ours": _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps, seed=ours_seed),
+            **_ours_variants(ours_variant),
+        },
     )
     try:
         summary = run_benchmark(out, options, log=lambda line: typer.echo(line, err=True))
@@ -85,6 +89,16 @@ def run_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _ours_variants(variants: list[str]) -> dict[str, dict]:
+    options = {}
+    for variant in variants:
+        name, separator, file = variant.partition("=")
+        if not separator or not name or not file:
+            fail(ValueError(f"--ours-variant takes NAME=FILE.yaml, got {variant!r}"))
+        options[f"ours:{name}"] = _ours_options(Path(file))
+    return options
 
 
 def _ours_options(config: Path | None, **flags) -> dict:

@@ -92,6 +92,29 @@ def nft_command(
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
 
 
+@app.command("ablations")
+def ablations_command(
+    config: Path = typer.Option(..., help="YAML config (configs/ablations.yaml lists every key)."),
+    out: Optional[Path] = typer.Option(None, help="Folder of the runs and the benchmark (the config's `out`)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny random FLUX on the CPU: every row end to end in minutes."),
+    cache: Optional[Path] = typer.Option(None, help="Prompt-embedding and VAE-latent cache [default: $XDG_CACHE_HOME/seminft-bench/model]."),
+) -> None:
+    """Table 3: train the cold-start LoRA once and an NFT run per ablation row, then benchmark the rows as
+    ours:ROW in one `seminft-bench run` (OUT/bench/report.html). Rerunning resumes."""
+    from seminft_bench.model.ablations import run_ablations
+    from seminft_bench.model.config import AblationsConfig, load_config
+
+    try:
+        settings = load_config(config, AblationsConfig).override(out=str(out) if out else None)
+        summary = run_ablations(settings, tiny=tiny, cache_dir=cache, log=lambda line: typer.echo(line, err=True))
+    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+        fail(error)
+    typer.echo(f"report: {summary.out / 'report.html'}")
+    if summary.failed:
+        typer.echo(f"{summary.failed} cells failed (see the report); rerun the same command to retry them", err=True)
+        raise typer.Exit(1)
+
+
 @app.command("offline-example")
 def offline_example_command(
     pairs: str = typer.Option(..., help="RL pairs (or cold-start) folder to take sources and references from."),

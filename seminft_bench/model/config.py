@@ -181,6 +181,36 @@ class NFTConfig(Overridable):
     checkpoint_every: int = 50
 
 
+ABLATION_ROWS = ("seminft", "w-o-coldstart", "w-o-rl", "w-o-realistic", "w-o-offline")
+"""Table 3's rows, in its order (`seminft_bench.model.ablations.ROWS` says what each changes)."""
+
+
+@dataclass
+class AblationsConfig(Overridable):
+    """Table 3 (paper §4.4): the cold-start LoRA trained once, an NFT run per row, and every row benchmarked
+    as ``ours:ROW`` on one evaluation set, in one report."""
+
+    out: str | None = None
+    """Folder of the runs (``sft/``, one folder per row) and of the benchmark (``bench/``); required."""
+    sft: str | None = None
+    """The SFT config file (`configs/sft.yaml`; its dataset is the cold-start set); required."""
+    nft: str | None = None
+    """The NFT config file (`configs/nft.yaml`; its dataset the RL pairs, with the offline anchors); required."""
+    rows: tuple[str, ...] = ABLATION_ROWS
+    evaluation: str = "demo"
+    """The set every row is compared on (``seminft-bench run --dataset``: a built set's folder, pst50-…)."""
+    split: str = "test"
+    limit: int | None = None
+    judges: tuple[str, ...] = ("gpt-4o", "qwen3-vl-32b")
+    """Table 3's VLM columns (GPT-4o, Qwen3-VL); the reward column is ``reward``."""
+    reward: str | None = "qwen3-vl-8b"
+    metrics: tuple[str, ...] = ("dino_local", "success", "color", "structure")
+    dino_model: str | None = None
+    """None: the benchmark's DINO ViT-B/16."""
+    inference_steps: int = 28
+    seed: int = 0
+
+
 def load_config(path: str | os.PathLike, kind: type = SFTConfig):
     """The config (an ``SFTConfig``, or ``kind``) in the YAML file at ``path``: defaults for the keys it leaves out."""
     path = Path(path)

@@ -118,6 +118,11 @@ def trained_on(path: Path) -> LoraOn:
     return lora_on
 
 
+def adapter_parameters(flux: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
+    """``adapter``'s LoRA weights, in module order (so two adapters' lists pair up tensor by tensor)."""
+    return [parameter for name, parameter in flux.named_parameters() if f".{adapter}." in f"{name}."]
+
+
 def set_trainable(flux: torch.nn.Module, adapter: str | None) -> None:
     """Only ``adapter``'s LoRA weights require gradients (None: nothing does).
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from seminft_bench.model.caches import LatentCache, vae_identity
 from seminft_bench.model.components import TINY_PREFIX
 from seminft_bench.model.conditioning import image_ids, pack_latents
 from seminft_bench.model.config import NFTConfig, save_config
-from seminft_bench.model.lora import add_lora, save_lora, set_trainable
+from seminft_bench.model.lora import adapter_parameters, add_lora, save_lora, set_trainable
 from seminft_bench.model.pipeline import SemiNFTPipeline, _to_pil, default_cache_dir
 from seminft_bench.model.rewards import (
     ColorStatsReward,
@@ -213,8 +214,6 @@ def train_nft(
     over every member at every rollout noise level; soft-update ``old``. Failed rewards drop out of
     their group and are counted.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -288,8 +287,7 @@ def train_nft(
     validation_steps = sft.TINY_VALIDATION_STEPS if is_tiny else sft.VALIDATION_STEPS
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
-    rl_params = [p for n, p in flux.named_parameters() if f".{RL_ADAPTER}." in n]
-    old_params = [p for n, p in flux.named_parameters() if f".{OLD_ADAPTER}." in n]
+    rl_params, old_params = adapter_parameters(flux, RL_ADAPTER), adapter_parameters(flux, OLD_ADAPTER)
     scorer = ThreadPoolExecutor(1, thread_name_prefix="reward")
     bar = tqdm(total=config.steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="nft")
     failed_total = 0
@@ -315,31 +313,10 @@ def train_nft(
             pair = pairs[index]
             source, reference = cache.get(pair.id, "source"), cache.get(pair.id, "reference")
             x0 = rollout(pipe, config, source, reference, generator)
-            pictures = images.pair(pair.id)
-            triples = [Triple(f"{pair.id}/{i}", pictures["source"], pictures["reference"], image)
-                       for i, image in enumerate(decode(pipe, x0))]  # fmt: skip
-            rollouts.append((x0, source, reference, scorer.submit(reward.score, triples)))
-        batches, raw, normalized, failed = [], {"online": [], "offline": []}, {"online": [], "offline": []}, 0
-        for x0, source, reference, scores in rollouts:
-            scores = scores.result()
-            kept = [i for i, score in enumerate(scores) if score is not None]  # a failed reward leaves its group
-            failed += len(scores) - len(kept)
-            anchors = [offline.index(sample) for sample in draw_offline(offline, config.group_offline, rng)]
-            if len(kept) + len(anchors) < 2:
-                continue  # nothing to compare in this group
-            online, anchored = [scores[i] for i in kept], [offline[i].score for i in anchors]
-            r_online, r_offline = group_normalize(online, anchored)
-            for kind, values, rewards in (("online", online, r_online), ("offline", anchored, r_offline)):
-                raw[kind] += values
-                normalized[kind] += list(rewards)
-            if kept:
-                batches.append(Batch(x0[kept], source, reference, torch.as_tensor(r_online, dtype=torch.float32)))
-            batches += offline_batches([offline_latents[i] for i in anchors], r_offline)
-        members = sum(len(batch.reward) for batch in batches)
-        loss = 0.0
-        with accelerator.no_sync(model):  # gradients accumulate here and are averaged once below
-            for batch in (chunk for batch in batches for chunk in batch.chunks(config.micro_batch)):
-                loss += batch_loss(pipe, model, config, batch, len(batch.reward) / members, generator, accelerator)
+            triples = group_triples(pair.id, images.pair(pair.id), decode(pipe, x0))
+            rollouts.append(Rollout(x0, source, reference, scorer.submit(reward.score, triples)))
+        batches, rewards, failed = group_batches(rollouts, offline, offline_latents, config.group_offline, rng)
+        loss = accumulate_loss(pipe, model, config, batches, generator, accelerator)
         average_gradients(accelerator, params)  # ranks may have run different numbers of members
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
@@ -348,11 +325,7 @@ def train_nft(
         progress.step += 1
         failed_total += failed
 
-        stats = gather_stats(accelerator, {
-            "reward/online_raw": raw["online"], "reward/offline_raw": raw["offline"],
-            "reward/online_normalized": normalized["online"], "reward/offline_normalized": normalized["offline"],
-            "loss": [loss] if members else [],
-        }, failed)
+        stats = gather_stats(accelerator, {**rewards, "loss": [loss] if batches else []}, failed)
         bar.update(1)
         bar.set_postfix(reward=f"{stats['reward/online_raw']:.3f}", loss=f"{stats['loss']:.4f}")
         last = progress.step == config.steps
@@ -379,6 +352,63 @@ def train_nft(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+@dataclass
+class Rollout:
+    """A pair's group of online samples (clean latents ``[group_online]``), its conditions, and the rewards
+    being computed for it."""
+
+    x0: torch.Tensor
+    source: torch.Tensor
+    reference: torch.Tensor
+    scores: Future
+
+
+def group_triples(pair_id: str, pictures: dict[str, Image.Image], samples: list[Image.Image]) -> list[Triple]:
+    return [Triple(f"{pair_id}/{i}", pictures["source"], pictures["reference"], image) for i, image in enumerate(samples)]
+
+
+def group_batches(
+    rollouts: list[Rollout], offline: list[OfflineSample], offline_latents: list, group_offline: int,
+    rng: np.random.Generator,
+) -> tuple[list[Batch], dict[str, list[float]], int]:
+    """Each group's training batches: the online samples whose rewards came back and ``group_offline`` drawn
+    anchors, normalised together (Eq. 5–6). Also the raw and normalised rewards, online and offline apart
+    (for the logs), and how many rewards failed."""
+    batches, failed = [], 0
+    rewards: dict[str, list[float]] = {f"reward/{kind}_{what}": [] for kind in ("online", "offline")
+                                       for what in ("raw", "normalized")}  # fmt: skip
+    for group in rollouts:
+        scores = group.scores.result()
+        kept = [i for i, score in enumerate(scores) if score is not None]  # a failed reward leaves its group
+        failed += len(scores) - len(kept)
+        anchors = [offline.index(sample) for sample in draw_offline(offline, group_offline, rng)]
+        if len(kept) + len(anchors) < 2:
+            continue  # nothing to compare in this group
+        online, anchored = [scores[i] for i in kept], [offline[i].score for i in anchors]
+        r_online, r_offline = group_normalize(online, anchored)
+        for kind, values, normalized in (("online", online, r_online), ("offline", anchored, r_offline)):
+            rewards[f"reward/{kind}_raw"] += values
+            rewards[f"reward/{kind}_normalized"] += list(normalized)
+        if kept:
+            batches.append(Batch(group.x0[kept], group.source, group.reference, torch.as_tensor(r_online, dtype=torch.float32)))
+        batches += offline_batches([offline_latents[i] for i in anchors], r_offline)
+    return batches, rewards, failed
+
+
+def accumulate_loss(
+    pipe: SemiNFTPipeline, model: torch.nn.Module, config: NFTConfig, batches: list[Batch], generator: torch.Generator,
+    accelerator,
+) -> float:
+    """The step's loss, the mean of Eq. 1 over every member, back-propagated batch by batch (``micro_batch``
+    members at most); gradients accumulate without syncing ranks (`average_gradients` does that once)."""
+    members = sum(len(batch.reward) for batch in batches)
+    loss = 0.0
+    with accelerator.no_sync(model):
+        for batch in (chunk for batch in batches for chunk in batch.chunks(config.micro_batch)):
+            loss += batch_loss(pipe, model, config, batch, len(batch.reward) / members, generator, accelerator)
+    return loss
 
 
 def batch_loss(
@@ -464,7 +494,7 @@ def validation_reward(pipe: SemiNFTPipeline, config: NFTConfig, reward: Reward, 
             pipe._encode(source), pipe._encode(reference), config.rollout_steps, config.guidance_scale,
             torch.Generator().manual_seed(config.seed + i), num_samples=config.group_online,
         )
-        triples = [Triple(f"{pair['id']}/{k}", source, reference, image) for k, image in enumerate(decode(pipe, x0))]
+        triples = group_triples(pair["id"], {"source": source, "reference": reference}, decode(pipe, x0))
         scores += [score for score in reward.score(triples) if score is not None]
     return float(np.mean(scores)) if scores else float("nan")
 

@@ -4,12 +4,15 @@ Names map to "module:factory" strings so that asking for ``reinhard`` never impo
 diffusers or an API SDK. Adding a method is one
 module with a `Method` subclass and one line in `REGISTRY` (``ours``: `methods.ours`); a class that needs the
 shared cache, ledger, transport or device defines ``from_context(context)``. ``predictions:DIR`` reads
-an external method's outputs from a folder.
+an external method's outputs from a folder. ``NAME:VARIANT`` (``ours:w-o-rl``) is a registered method
+with options of its own, ``context.options["NAME:VARIANT"]``: several settings of one method compared
+in one run, as the rows of an ablation table.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 from seminft_bench.bench.methods.base import Method, MethodContext, MethodUnavailable
 
@@ -30,8 +33,13 @@ PREDICTIONS_PREFIX = "predictions:"
 
 
 def method_names() -> list[str]:
-    """Every registered name, plus the ``predictions:DIR`` form."""
-    return [*REGISTRY, PREDICTIONS_PREFIX + "DIR"]
+    """Every registered name, plus the ``predictions:DIR`` and ``NAME:VARIANT`` forms."""
+    return [*REGISTRY, PREDICTIONS_PREFIX + "DIR", "NAME:VARIANT"]
+
+
+def is_method_name(name: str) -> bool:
+    """A registered name, ``predictions:DIR``, or ``NAME:VARIANT`` of a registered NAME."""
+    return name in REGISTRY or name.startswith(PREDICTIONS_PREFIX) or name.partition(":")[0] in REGISTRY
 
 
 def get_method(name: str, context: MethodContext | None = None) -> Method:
@@ -40,14 +48,20 @@ def get_method(name: str, context: MethodContext | None = None) -> Method:
         from seminft_bench.bench.methods.predictions import Predictions
 
         return Predictions(name[len(PREDICTIONS_PREFIX) :])
-    if name not in REGISTRY:
+    if not is_method_name(name):
         raise ValueError(f"unknown method {name!r}; known: {', '.join(method_names())}")
-    module_name, factory_name = REGISTRY[name].split(":")
+    context = context or MethodContext()
+    registered, _, variant = name.partition(":")
+    if variant:
+        if name not in context.options:
+            raise MethodUnavailable(f"{name}: no options for variant {variant!r} (give them as --{registered}-variant {variant}=FILE.yaml)")
+        context = replace(context, options={**context.options, registered: context.options[name]})
+    module_name, factory_name = REGISTRY[registered].split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
     from_context = getattr(factory, "from_context", None)
-    method = from_context(context or MethodContext()) if from_context else factory()
+    method = from_context(context) if from_context else factory()
     method.name = name
     return method
 
 
-__all__ = ["Method", "MethodContext", "MethodUnavailable", "REGISTRY", "get_method", "method_names"]
+__all__ = ["Method", "MethodContext", "MethodUnavailable", "REGISTRY", "get_method", "is_method_name", "method_names"]
