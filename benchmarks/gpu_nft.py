@@ -151,7 +151,8 @@ def main() -> None:
         print(f"  {phase:48} {value:7.2f} s  {100 * value / total:4.0f}%")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     print(f"  iteration {total:.2f} s, peak memory {peak:.1f} GiB; loss {loss:.4f}, online reward {np.mean(rewards['reward/online_raw']):.3f}, {failed} failed")
-    print(f"  at this rate 1,000 iterations take {total * 1000 / 3600:.1f} GPU-hours (paper: about 150 GPU-hours for the RL stage)")
+    unit = "GPU-hours" if device.type == "cuda" else "hours on this CPU"
+    print(f"  at this rate 1,000 iterations take {total * 1000 / 3600:.1f} {unit} (paper: about 150 GPU-hours for the RL stage)")
 
 
 if __name__ == "__main__":
