@@ -115,6 +115,27 @@ def test_reward_is_eq4_from_one_forward_pass(tiny_qwen, monkeypatch):
     assert 0.0 < result.score < 5.0 and result.usage.output_tokens == 0
 
 
+def test_rewards_in_flight_together_share_forward_passes_and_equal_one_at_a_time(tiny_qwen):
+    rng = np.random.default_rng(1)
+    sizes = [(40, 56), (48, 32), (64, 64), (32, 48), (56, 40)]  # different sizes: different token counts, padded
+    pairs = [Pair(f"p{i}", rng.integers(0, 256, (*size, 3), dtype=np.uint8), rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+             for i, size in enumerate(sizes)]  # fmt: skip
+    alone = TransformersClient.from_pretrained(tiny_qwen, device="cpu", max_batch=1)
+    one_at_a_time = [Judge("q", alone, reward=True, min_mass=0.0).score_pairs([p])[0] for p in pairs]
+
+    client = TransformersClient.from_pretrained(tiny_qwen, device="cpu", max_batch=4)
+    client.batch_wait_s = 0.5  # every request of the judge's first wave joins the batch
+    batches = []
+    original = client.rewards
+    client.rewards = lambda requests: (batches.append(len(requests)), original(requests))[1]
+    together = Judge("q", client, reward=True, min_mass=0.0, transport=Transport(8)).score_pairs(pairs)
+    assert sorted(batches, reverse=True) == [4, 1] and sum(batches) == len(pairs)
+    for a, b in zip(one_at_a_time, together, strict=True):
+        assert b.error is None and b.score == pytest.approx(a.score, abs=1e-5)
+        assert b.usage.input_tokens == a.usage.input_tokens  # padding is not billed
+    assert len({round(j.usage.input_tokens) for j in together}) > 1
+
+
 def test_gibberish_evaluation_is_a_failure_not_a_zero(tiny_qwen):
     client = TransformersClient.from_pretrained(tiny_qwen, device="cpu")
     transport = Transport(1, RetryPolicy(max_attempts=2, base_delay=0.0))

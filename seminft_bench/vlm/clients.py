@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -276,24 +278,37 @@ class TransformersClient:
     """A local vision-language model (transformers ``AutoModelForImageTextToText``, e.g. Qwen3-VL).
 
     Reward requests take one forward pass and read the last position's logits over the
-    score tokens (no generation); evaluation requests generate greedily. Calls are
-    serialised: one model, one device.
+    score tokens (no generation). Those in flight together (the judge sends up to its
+    transport's concurrency at once) are batched, up to ``max_batch`` per forward pass, left
+    padded so the last position is every row's own. Evaluation requests generate greedily, one
+    at a time. One model, one device: passes never overlap.
     """
 
     provider = "transformers"
     secrets: tuple[str, ...] = ()
+    batch_wait_s = 0.005
+    """How long a batch waits for one more request before it runs."""
 
-    def __init__(self, model, processor, model_id: str):
+    def __init__(self, model, processor, model_id: str, *, max_batch: int = 8):
         """``model`` and ``processor`` as transformers loads them; ``model_id`` names them in cache keys."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model_id
         self.endpoint = f"local:{str(model.dtype).removeprefix('torch.')}"  # bfloat16 and float32 answer apart
+        self.max_batch = max_batch
         self._model = model.eval()
         self._processor = processor
+        processor.tokenizer.padding_side = "left"
         self._score_token_ids = _score_token_ids(processor.tokenizer)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one pass at a time
+        self._rewards_waiting: queue.Queue[tuple[Request, Future]] = queue.Queue()
+        self._batcher: threading.Thread | None = None
+        self._batcher_lock = threading.Lock()
 
     @classmethod
-    def from_pretrained(cls, model_id: str, *, device: str | None = None, dtype=None) -> TransformersClient:
+    def from_pretrained(
+        cls, model_id: str, *, device: str | None = None, dtype=None, max_batch: int = 8
+    ) -> TransformersClient:
         """Load ``model_id`` (hub id or folder) onto ``device`` (default: the GPU; refuses to guess the CPU)."""
         import torch
 
@@ -317,33 +332,74 @@ class TransformersClient:
                 f"cannot load {model_id}: {error}. Download it first (`hf download {model_id}`, into HF_HOME="
                 f"{hf_home}) or set the judge's model to a local folder in a judge config file."
             ) from error
-        return cls(model, processor, model_id)
+        return cls(model, processor, model_id, max_batch=max_batch)
 
     def complete(self, request: Request) -> Reply:
         import torch
 
+        if request.reward:
+            waiting: Future[Reply] = Future()
+            self._rewards_waiting.put((request, waiting))
+            self._start_batcher()
+            return waiting.result()
         with self._lock, torch.inference_mode():
-            inputs = self._inputs(request)
+            inputs = self._inputs([request])
             n_input = inputs["input_ids"].shape[1]
-            if request.reward:
-                logits = self._model(**inputs, logits_to_keep=1).logits[0, -1].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
-                top = {text: logprobs[token_id].item() for token_id, text in self._score_token_ids.items()}
-                text = self._processor.tokenizer.decode([int(logits.argmax())])
-                return Reply(text, Usage(n_input, 0), top)
             generated = self._model.generate(**inputs, max_new_tokens=request.max_tokens, do_sample=False)
             new_tokens = generated[0, n_input:]
             text = self._processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
             return Reply(text, Usage(n_input, int(new_tokens.shape[0])))
 
-    def _inputs(self, request: Request):
-        images = [{"type": "image", "image": Image.open(io.BytesIO(data)).convert("RGB")} for data in request.images]
-        messages = [
-            {"role": "system", "content": [{"type": "text", "text": request.prompt.system}]},
-            {"role": "user", "content": [*images, {"type": "text", "text": request.prompt.user}]},
-        ]
+    def _start_batcher(self) -> None:
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = threading.Thread(target=self._serve_rewards, name="reward-batches", daemon=True)
+                self._batcher.start()
+
+    def _serve_rewards(self) -> None:
+        """Forever: take the requests waiting (up to ``max_batch``), answer them in one pass."""
+        while True:
+            batch = [self._rewards_waiting.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._rewards_waiting.get(timeout=self.batch_wait_s))
+                except queue.Empty:
+                    break
+            try:
+                replies = self.rewards([request for request, _ in batch])
+            except BaseException as error:  # every caller of the batch hears of it
+                for _, waiting in batch:
+                    waiting.set_exception(error)
+            else:
+                for (_, waiting), reply in zip(batch, replies, strict=True):
+                    waiting.set_result(reply)
+
+    def rewards(self, requests: list[Request]) -> list[Reply]:
+        """Reward requests in one forward pass: each row's log-probabilities of the score tokens at its last position."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            inputs = self._inputs(requests)
+            logits = self._model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            lengths = inputs["attention_mask"].sum(1).tolist()
+        replies = []
+        for row, n_input in enumerate(lengths):
+            top = {text: logprobs[row, token_id].item() for token_id, text in self._score_token_ids.items()}
+            text = self._processor.tokenizer.decode([int(logits[row].argmax())])
+            replies.append(Reply(text, Usage(int(n_input), 0), top))
+        return replies
+
+    def _inputs(self, requests: list[Request]):
+        conversations = []
+        for request in requests:
+            images = [{"type": "image", "image": Image.open(io.BytesIO(data)).convert("RGB")} for data in request.images]
+            conversations.append([
+                {"role": "system", "content": [{"type": "text", "text": request.prompt.system}]},
+                {"role": "user", "content": [*images, {"type": "text", "text": request.prompt.user}]},
+            ])  # fmt: skip
         inputs = self._processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
         )
         return inputs.to(self._model.device)
 
