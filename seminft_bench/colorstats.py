@@ -3,7 +3,8 @@
 The RL builder describes each photo's grade with `colour_features` and compares grades with
 `colour_distance`; it calls a photo near-greyscale by its `mean_chroma`. The benchmark's
 weight-free ``color`` metric is `sliced_wasserstein_lab`, a distance between the CIELAB pixel
-distributions of two images; the model's ColorStatsReward can reuse either. Everything is
+distributions of two images; the model's ColorStatsReward can reuse either. `reinhard_transfer` imposes a reference's lαβ
+means and spreads on a source (the ``reinhard`` baseline, and the model's example anchors). Everything is
 measured in CIELAB (D65), where Euclidean distances roughly follow perceived colour
 differences (ΔE*ab, L* from 0 to 100).
 """
@@ -23,6 +24,15 @@ AB_BINS = 5  # odd, so neutral greys (a* = b* = 0) fill one central bin
 AB_LIMIT = 50.0  # a*, b* beyond ±50 (rare outside saturated colours) land in the edge bins
 
 GOLDEN_ANGLE = np.pi * (3 - np.sqrt(5))
+
+# Reinhard et al. 2001: RGB → LMS cone space, then log LMS → Ruderman's decorrelated lαβ.
+_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LOG_LMS_TO_LAB = np.diag([3**-0.5, 6**-0.5, 2**-0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
+_LAB_TO_LOG_LMS = np.linalg.inv(_LOG_LMS_TO_LAB)
+_LOG_OFFSET = 1 / 255
+"""Added to LMS before the log: black stays finite, and near-black noise (one 8-bit step) does not
+become the outliers that dominate log-space statistics. An offset, not a floor, so the map inverts."""
 
 
 def colour_features(images: Iterable[np.ndarray]) -> np.ndarray:
@@ -146,3 +156,25 @@ def _lab_sample(pixels: np.ndarray, count: int, seed: int) -> np.ndarray:
         pixels = pixels[np.random.default_rng(seed).choice(len(pixels), count, replace=False)]
     rgb = to_array(pixels[:, None, :], np.float32)  # uint8 or float in [0, 1], as every stage reads it
     return rgb2lab(rgb.astype(np.float64))[:, 0, :]
+
+
+def rgb_to_lalphabeta(rgb: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] → Reinhard's lαβ (log cone responses rotated to decorrelated axes), float64."""
+    lms = np.asarray(rgb, np.float64) @ _RGB_TO_LMS.T
+    return np.log10(lms + _LOG_OFFSET) @ _LOG_LMS_TO_LAB.T
+
+
+def lalphabeta_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """Inverse of `rgb_to_lalphabeta` (values may leave [0, 1] for out-of-gamut lαβ), float64."""
+    lms = 10 ** (np.asarray(lab, np.float64) @ _LAB_TO_LOG_LMS.T) - _LOG_OFFSET
+    return lms @ _LMS_TO_RGB.T
+
+
+def reinhard_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Match the mean and std of each lαβ channel: its axes are nearly decorrelated for natural
+    images, so three independent 1-D shifts and scales move the colour feel (Reinhard et al. 2001)."""
+    src, ref = rgb_to_lalphabeta(source).reshape(-1, 3), rgb_to_lalphabeta(reference).reshape(-1, 3)
+    src_mean, src_std = src.mean(0), src.std(0)
+    scale = ref.std(0) / np.maximum(src_std, 1e-6)  # flat channel: src - mean is rounding noise, keep it so
+    lab = (src - src_mean) * scale + ref.mean(0)
+    return lalphabeta_to_rgb(lab).reshape(source.shape).astype(np.float32)

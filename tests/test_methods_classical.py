@@ -11,13 +11,12 @@ from seminft_bench.bench.methods.classical import (
     _regrain_level,
     histogram_transfer,
     idt_transfer,
-    lalphabeta_to_rgb,
     mkl_transfer,
     pdf_transfer,
     regrain,
     reinhard_transfer,
-    rgb_to_lalphabeta,
 )
+from seminft_bench.colorstats import lalphabeta_to_rgb, rgb_to_lalphabeta
 
 NAMES = ["reinhard", "mkl", "idt", "histogram"]
 ARRAY_FUNCTIONS = {

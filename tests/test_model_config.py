@@ -127,7 +127,7 @@ def test_nft_example_file_lists_every_option_at_its_default_and_the_paper_group(
 
 
 def test_ablations_example_file_lists_every_option_at_its_default_and_table_3s_rows():
-    from seminft_bench.model.ablations import ROWS
+    from seminft_bench.bench.ablations import ROWS
     from seminft_bench.model.config import AblationsConfig
 
     example = EXAMPLE.with_name("ablations.yaml")

@@ -101,7 +101,7 @@ def ablations_command(
 ) -> None:
     """Table 3: train the cold-start LoRA once and an NFT run per ablation row, then benchmark the rows as
     ours:ROW in one `seminft-bench run` (OUT/bench/report.html). Rerunning resumes."""
-    from seminft_bench.model.ablations import run_ablations
+    from seminft_bench.bench.ablations import run_ablations
     from seminft_bench.model.config import AblationsConfig, load_config
 
     try:

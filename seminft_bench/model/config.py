@@ -182,7 +182,7 @@ class NFTConfig(Overridable):
 
 
 ABLATION_ROWS = ("seminft", "w-o-coldstart", "w-o-rl", "w-o-realistic", "w-o-offline")
-"""Table 3's rows, in its order (`seminft_bench.model.ablations.ROWS` says what each changes)."""
+"""Table 3's rows, in its order (`seminft_bench.bench.ablations.ROWS` says what each changes)."""
 
 
 @dataclass

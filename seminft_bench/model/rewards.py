@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from seminft_bench.errors import first_few
-from seminft_bench.imaging import ImageReadError, ImageSource, read_image
+from seminft_bench.imaging import ImageReadError, ImageSource, from_array, read_image, to_array
 
 SCORE_RANGE = (0.0, 5.0)
 OFFLINE_COLUMNS = ("id", "source", "reference", "image", "score")
@@ -70,8 +70,8 @@ class Reward:
 
 
 class ColorStatsReward(Reward):
-    """5·exp(−d / scale), d the benchmark's weight-free ``color`` metric (sliced Wasserstein in CIELAB) of the
-    prediction to the reference: 5 for the reference's colour distribution, falling with the distance.
+    """5·exp(−d / scale), d = `colorstats.sliced_wasserstein_lab` of the prediction to the reference (the
+    definition of the benchmark's weight-free ``color`` metric, sliced Wasserstein in CIELAB): 5 for the reference's colour distribution, falling with the distance.
 
     Cheap and deterministic, for debugging the loop and for CPU tests. It sees colours only: like
     any single statistic it can be gamed (copying the reference scores 5), which is what the offline
@@ -87,12 +87,12 @@ class ColorStatsReward(Reward):
         self.scale = scale
 
     def score(self, triples: Sequence[Triple]) -> list[float | None]:
-        from seminft_bench.bench.metrics import color
+        from seminft_bench.colorstats import sliced_wasserstein_lab
 
         scores: list[float | None] = []
         for triple in triples:
             try:
-                distance = color(read_image(triple.prediction), read_image(triple.reference))
+                distance = sliced_wasserstein_lab(to_array(read_image(triple.prediction)), to_array(read_image(triple.reference)))
             except (ImageReadError, ValueError) as error:
                 self.failures.append(f"{triple.name}: {error}")
                 scores.append(None)
@@ -314,20 +314,20 @@ def write_example_offline_samples(pairs: str | os.PathLike, out: str | os.PathLi
     """An EXAMPLE offline-samples file from the first ``count`` pairs of an RL-pairs (or cold-start) folder:
     per pair, three outputs scored by `EXAMPLE_RULE` (each record's ``note`` says so). Real anchors are
     outputs scored by people; this only shows the format and exercises the loop."""
-    from seminft_bench.bench.methods import get_method
+    from seminft_bench.colorstats import reinhard_transfer
     from seminft_bench.fileio import atomic_write_text
     from seminft_bench.imaging import write_png
     from seminft_bench.model.sft import iter_rows, resolve_dataset, split_shards
 
     root, out = resolve_dataset(pairs), Path(out)
-    transfer = get_method("reinhard")
     records = []
     for row in iter_rows(split_shards(root, "train"), ["id", "source", "reference"]):
         if len(records) == count * len(EXAMPLE_RULE):
             break
         sample_id = str(row["id"])
         source, reference = read_image(row["source"]["bytes"]), read_image(row["reference"]["bytes"])
-        outputs = {"reinhard": transfer.transfer(source, reference), "source": source, "reference": reference}
+        graded = from_array(np.clip(reinhard_transfer(to_array(source, np.float32), to_array(reference, np.float32)), 0, 1))
+        outputs = {"reinhard": graded, "source": source, "reference": reference}
         paths = {}
         for role, image in (("source", source), ("reference", reference)):
             paths[role] = write_png(image, out / "images" / f"{sample_id}-{role}.png").relative_to(out)

@@ -14,16 +14,8 @@ from PIL import Image
 from skimage.exposure import match_histograms
 
 from seminft_bench.bench.methods.base import Method
+from seminft_bench.colorstats import reinhard_transfer
 from seminft_bench.imaging import from_array, to_array
-
-# Reinhard et al. 2001: RGB → LMS cone space, then log LMS → Ruderman's decorrelated lαβ.
-_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
-_LOG_LMS_TO_LAB = np.diag([3**-0.5, 6**-0.5, 2**-0.5]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
-_LMS_TO_RGB = np.linalg.inv(_RGB_TO_LMS)
-_LAB_TO_LOG_LMS = np.linalg.inv(_LOG_LMS_TO_LAB)
-_LOG_OFFSET = 1 / 255
-"""Added to LMS before the log: black stays finite, and near-black noise (one 8-bit step) does not
-become the outliers that dominate log-space statistics. An offset, not a floor, so the map inverts."""
 
 _MIN_EIGENVALUE = 1e-8
 """Floor on covariance eigenvalues (a colour std of 1e-4): flat or grey images have singular covariances."""
@@ -31,28 +23,6 @@ _MIN_EIGENVALUE = 1e-8
 
 def _pixels(image: np.ndarray) -> np.ndarray:
     return np.asarray(image, np.float64).reshape(-1, 3)
-
-
-def rgb_to_lalphabeta(rgb: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] → Reinhard's lαβ (log cone responses rotated to decorrelated axes), float64."""
-    lms = np.asarray(rgb, np.float64) @ _RGB_TO_LMS.T
-    return np.log10(lms + _LOG_OFFSET) @ _LOG_LMS_TO_LAB.T
-
-
-def lalphabeta_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """Inverse of `rgb_to_lalphabeta` (values may leave [0, 1] for out-of-gamut lαβ), float64."""
-    lms = 10 ** (np.asarray(lab, np.float64) @ _LAB_TO_LOG_LMS.T) - _LOG_OFFSET
-    return lms @ _LMS_TO_RGB.T
-
-
-def reinhard_transfer(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Match the mean and std of each lαβ channel: its axes are nearly decorrelated for natural
-    images, so three independent 1-D shifts and scales move the colour feel (Reinhard et al. 2001)."""
-    src, ref = _pixels(rgb_to_lalphabeta(source)), _pixels(rgb_to_lalphabeta(reference))
-    src_mean, src_std = src.mean(0), src.std(0)
-    scale = ref.std(0) / np.maximum(src_std, 1e-6)  # flat channel: src - mean is rounding noise, keep it so
-    lab = (src - src_mean) * scale + ref.mean(0)
-    return lalphabeta_to_rgb(lab).reshape(source.shape).astype(np.float32)
 
 
 def _matrix_power(cov: np.ndarray, power: float, floor: float = 0.0) -> np.ndarray:

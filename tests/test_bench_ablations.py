@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from test_model_nft_loop import write_offline, write_pairs
 from test_model_sft import tiny_config, write_coldstart
 
-from seminft_bench.model.ablations import ROWS, run_ablations
+from seminft_bench.bench.ablations import ROWS, run_ablations
 from seminft_bench.model.config import AblationsConfig, ConfigError, NFTConfig, save_config
 from seminft_bench.model.lora import LORA_FILE
 
