@@ -184,6 +184,45 @@ def judge_command(
         raise typer.Exit(1)
 
 
+@app.command("instructions")
+def instructions_command(
+    dataset: str = typer.Option(..., help="demo, pst50-paired:DIR, pst50-unpaired:DIR, a dataset folder or a cached Hub repo."),
+    out: Path = typer.Option(..., help="Instructions, JSON lines (name, instruction, ...); rerunning writes only what is missing."),
+    judge_name: str = typer.Option("qwen3-vl-32b", "--judge", help="The VLM that writes them (App. C: Qwen3-VL-32B), or one from --config."),
+    split: str = typer.Option("test", help="Split of a built dataset."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N samples."),
+    cache: Optional[Path] = typer.Option(None, help="Reply cache folder [default: $XDG_CACHE_HOME/seminft-bench/vlm]."),
+    concurrency: int = typer.Option(16, min=1, help="Requests in flight at most."),
+    base_url: Optional[str] = typer.Option(None, help="Endpoint to ask instead (Qwen: an OpenAI-compatible server)."),
+    config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
+    max_attempts: int = typer.Option(6, min=1, help="Tries per request on rate limits, server errors, timeouts, empty replies."),
+) -> None:
+    """Write the retouching instruction of every sample (source + reference -> text), JarvisArt's first step (App. C).
+
+    Feed them to an instruction-following retoucher and bring its outputs back with --method predictions:DIR.
+    """
+    from seminft_bench.bench.datasets import BenchSetError, load_bench_set
+    from seminft_bench.bench.instructions import write_instructions
+    from seminft_bench.vlm import JudgeUnavailable, ResponseCache, RetryPolicy, Transport, load_config
+    from seminft_bench.vlm.cache import default_cache_dir
+    from seminft_bench.vlm.writer import INSTRUCTION_PROMPT, Writer
+
+    try:
+        writer = Writer.from_name(
+            judge_name, config=load_config(config), base_url=base_url, prompt=INSTRUCTION_PROMPT,
+            cache=ResponseCache(cache or default_cache_dir()),
+            transport=Transport(concurrency, RetryPolicy(max_attempts=max_attempts)),
+        )
+        summary = write_instructions(load_bench_set(dataset, split=split, limit=limit), writer, out, concurrency=concurrency)
+    except (JudgeUnavailable, BenchSetError, ValueError, FileNotFoundError) as error:
+        fail(error)
+    typer.echo(writer.ledger.report())
+    typer.echo(f"{summary.samples} samples: {summary.written} written now, {summary.done_before} before, {summary.failed} failed -> {out}")
+    if summary.failed:
+        typer.echo("failed samples carry their error in the file; rerun the same command to retry them", err=True)
+        raise typer.Exit(1)
+
+
 study_app = typer.Typer(help="Blind user study over a run's outputs (paper App. A).", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 

@@ -88,11 +88,17 @@ def judge_folders(
     finally:
         judge.close()
         _compact(store)
-        costs = costs_path_for(results)
-        total = CostLedger.read(costs, judge.ledger.prices) if costs.exists() else CostLedger(judge.ledger.prices)
-        total.add(judge.ledger)
-        total.write(costs)
+        costs = add_costs(results, judge.ledger)
     return BatchSummary(len(pairs), len(pairs) - len(todo), len(todo) - failed, failed, unmatched, judge.ledger, costs)
+
+
+def add_costs(results: str | os.PathLike, ledger: CostLedger) -> Path:
+    """Add this run's ``ledger`` to what earlier runs spent, in ``<results>.costs.json``; returns that file."""
+    costs = costs_path_for(results)
+    total = CostLedger.read(costs, ledger.prices) if costs.exists() else CostLedger(ledger.prices)
+    total.add(ledger)
+    total.write(costs)
+    return costs
 
 
 def _compact(store: JsonLines) -> dict[tuple[str, str, str], dict]:

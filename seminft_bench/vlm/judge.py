@@ -16,7 +16,7 @@ the probability. ``both_orders=True`` asks a second time with the images swapped
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -96,7 +96,98 @@ class _Answer:
     cached: bool
 
 
-class Judge:
+class Asker:
+    """A named VLM with its client, reply cache (optional), cost ledger and retrying transport: asks one
+    request and reads the reply, the same way for judges and for writers of free text (`vlm.writer`)."""
+
+    def __init__(
+        self,
+        name: str,
+        client: JudgeClient,
+        *,
+        max_side: int = DEFAULT_MAX_SIDE,
+        cache: ResponseCache | None = None,
+        ledger: CostLedger | None = None,
+        transport: Transport | None = None,
+    ):
+        self.name = name
+        self.client = client
+        self.max_side = max_side
+        self.cache = cache
+        self.ledger = ledger if ledger is not None else CostLedger()
+        self.transport = transport if transport is not None else Transport()
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        *,
+        config: JudgeConfig | None = None,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        device: str | None = None,
+        ledger: CostLedger | None = None,
+        **options,
+    ):
+        """Build ``name`` from ``config`` (default: the built-in judges); ``base_url`` overrides its endpoint.
+
+        ``options`` are the class's keyword arguments (``reward``, ``cache``, ``transport``, …).
+        Raises `JudgeUnavailable` when its key, weights or GPU is missing.
+        """
+        config = config or load_config()
+        spec = config.spec(name)
+        client = make_client(spec.served_at(base_url or spec.base_url), timeout=timeout, device=device)
+        return cls(name, client, ledger=ledger if ledger is not None else CostLedger(config.prices), **options)
+
+    def _ask(self, request: Request, read: Callable[[Reply], tuple[float | None, str | None]]) -> _Answer:
+        """``request`` answered from the cache or the client (retried while a reply does not ``read``)."""
+        client = self.client
+        key = cache_key(
+            client.provider, client.model, request.prompt.version, request.images, request.params(),
+            endpoint=client.endpoint,
+        )
+        hit = self._cached(key, read)
+        if hit is not None:
+            return hit
+
+        billed = Usage()
+
+        def send() -> tuple[Reply, float | None, str | None]:
+            nonlocal billed
+            reply = self.client.complete(request)
+            self.ledger.record_call(self.name, reply.usage)
+            billed += reply.usage
+            reply = replace(reply, text=redact(reply.text, self.client.secrets))
+            try:
+                return (reply, *read(reply))
+            except ParseError as error:
+                raise TransientError(f"unparseable reply: {error}", raw=reply.text) from None
+
+        try:
+            reply, score, reasoning = self.transport.call(send)
+        except (TransientError, PermanentError) as error:
+            raw = getattr(error, "raw", None)
+            return _Answer(None, None, redact(str(error), self.client.secrets), raw, billed, cached=False)
+        if self.cache is not None:
+            record = {"score": score, "reasoning": reasoning, "raw": reply.text, "usage": reply.usage.to_dict()}
+            self.cache.put(key, {**record, "top_logprobs": reply.top_logprobs})
+        return _Answer(score, reasoning, None, reply.text, billed, cached=False)
+
+    def _cached(self, key: str, read: Callable[[Reply], tuple[float | None, str | None]]) -> _Answer | None:
+        """The stored reply under ``key``, read again with today's parser (and ``min_mass``); None when there is
+        none or it no longer reads (then it is asked again)."""
+        record = self.cache.get(key) if self.cache is not None else None
+        if record is None:
+            return None
+        try:
+            score, reasoning = read(Reply(record["raw"], Usage(), record["top_logprobs"]))
+        except ParseError:
+            return None
+        self.ledger.record_cached(self.name)
+        return _Answer(score, reasoning, None, record["raw"], Usage(), cached=True)
+
+
+class Judge(Asker):
     """A named judge with its client, cache (optional), cost ledger and transport."""
 
     def __init__(
@@ -113,41 +204,14 @@ class Judge:
         ledger: CostLedger | None = None,
         transport: Transport | None = None,
     ):
-        self.name = name
-        self.client = client
+        super().__init__(name, client, max_side=max_side, cache=cache, ledger=ledger, transport=transport)
         self.mode = "reward" if reward else "evaluation"
         self.prompt = build_prompt(self.mode)
         self.both_orders = both_orders
-        self.max_side = max_side
         self.max_tokens = 1 if reward else max_tokens
         self.min_mass = min_mass
-        self.cache = cache
-        self.ledger = ledger if ledger is not None else CostLedger()
-        self.transport = transport if transport is not None else Transport()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-
-    @classmethod
-    def from_name(
-        cls,
-        name: str,
-        *,
-        config: JudgeConfig | None = None,
-        base_url: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        device: str | None = None,
-        ledger: CostLedger | None = None,
-        **options,
-    ) -> Judge:
-        """Build judge ``name`` from ``config`` (default: the built-in judges); ``base_url`` overrides its endpoint.
-
-        ``options`` are the keyword arguments of `Judge` (``reward``, ``cache``, ``transport``, …).
-        Raises `JudgeUnavailable` when its key, weights or GPU is missing.
-        """
-        config = config or load_config()
-        spec = config.spec(name)
-        client = make_client(spec.served_at(base_url or spec.base_url), timeout=timeout, device=device)
-        return cls(name, client, ledger=ledger if ledger is not None else CostLedger(config.prices), **options)
 
     def settings(self) -> dict[str, object]:
         """Everything that decides this judge's score for a pair, JSON-safe: a benchmark keys its results on it,
@@ -196,9 +260,9 @@ class Judge:
             prediction = encode_image(pair.prediction, self.max_side)
         except ImageReadError as error:  # one unreadable output must not stop the batch
             return Judgement(pair.name, self.name, self.mode, score=None, error=str(error))
-        answers = {ORDERS[0]: self._ask((reference, prediction))}
+        answers = {ORDERS[0]: self._ask(self._request((reference, prediction)), self._read)}
         if self.both_orders:
-            answers[ORDERS[1]] = self._ask((prediction, reference))
+            answers[ORDERS[1]] = self._ask(self._request((prediction, reference)), self._read)
         failed = {order: answer for order, answer in answers.items() if answer.error is not None}
         scores = [answer.score for answer in answers.values()]
         errors = [f"{order}: {answer.error}" if self.both_orders else answer.error for order, answer in failed.items()]
@@ -220,52 +284,6 @@ class Judge:
 
     def _request(self, images: tuple[bytes, ...]) -> Request:
         return Request(self.prompt, images, max_tokens=self.max_tokens)
-
-    def _ask(self, images: tuple[bytes, bytes]) -> _Answer:
-        request = self._request(images)
-        client = self.client
-        key = cache_key(
-            client.provider, client.model, self.prompt.version, images, request.params(), endpoint=client.endpoint
-        )
-        hit = self._cached(key)
-        if hit is not None:
-            return hit
-
-        billed = Usage()
-
-        def send() -> tuple[Reply, float, str | None]:
-            nonlocal billed
-            reply = self.client.complete(request)
-            self.ledger.record_call(self.name, reply.usage)
-            billed += reply.usage
-            reply = replace(reply, text=redact(reply.text, self.client.secrets))
-            try:
-                return (reply, *self._read(reply))
-            except ParseError as error:
-                raise TransientError(f"unparseable reply: {error}", raw=reply.text) from None
-
-        try:
-            reply, score, reasoning = self.transport.call(send)
-        except (TransientError, PermanentError) as error:
-            raw = getattr(error, "raw", None)
-            return _Answer(None, None, redact(str(error), self.client.secrets), raw, billed, cached=False)
-        if self.cache is not None:
-            record = {"score": score, "reasoning": reasoning, "raw": reply.text, "usage": reply.usage.to_dict()}
-            self.cache.put(key, {**record, "top_logprobs": reply.top_logprobs})
-        return _Answer(score, reasoning, None, reply.text, billed, cached=False)
-
-    def _cached(self, key: str) -> _Answer | None:
-        """The stored reply under ``key``, read again with today's parser and ``min_mass``; None when there is
-        none or it no longer reads (then it is asked again)."""
-        record = self.cache.get(key) if self.cache is not None else None
-        if record is None:
-            return None
-        try:
-            score, reasoning = self._read(Reply(record["raw"], Usage(), record["top_logprobs"]))
-        except ParseError:
-            return None
-        self.ledger.record_cached(self.name)
-        return _Answer(score, reasoning, None, record["raw"], Usage(), cached=True)
 
     def _read(self, reply: Reply) -> tuple[float, str | None]:
         if self.mode == "evaluation":

@@ -16,7 +16,8 @@ from typing import Literal
 
 TEMPLATE_VERSION = "fig8-v1"
 
-Mode = Literal["reward", "evaluation"]
+Mode = Literal["reward", "evaluation", "text"]
+"""``text``: a free-text request of `vlm.writer` (its prompts are ours, not Fig. 8)."""
 
 SYSTEM_PROMPT = (
     "You are an extremely rigorous “Holistic and Local Color Harmony Specialist.” Your core responsibility "
