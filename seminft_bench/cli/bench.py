@@ -223,6 +223,62 @@ def instructions_command(
         raise typer.Exit(1)
 
 
+@app.command("restore")
+def restore_command(
+    source: list[Path] = typer.Option(..., "--source", help="An old photo (faded or black and white); repeat for several."),
+    out: Path = typer.Option(..., help="Folder of NAME/prompt.txt, reference.png, result.png and contact_sheet.png; reruns resume."),
+    vlm: str = typer.Option("qwen3-vl-32b", help="The VLM that writes each photo's text-to-image prompt (any judge name)."),
+    prompt: Optional[str] = typer.Option(None, help="One prompt for every photo instead of asking the VLM."),
+    t2i: str = typer.Option("black-forest-labs/FLUX.1-dev", help="Text-to-image model: a local diffusers folder, a cached hub id, or tiny:SEED."),
+    t2i_steps: int = typer.Option(28, min=1, help="Text-to-image denoising steps."),
+    t2i_guidance: float = typer.Option(3.5, help="Text-to-image guidance scale."),
+    t2i_area: Optional[int] = typer.Option(None, min=256, help="Pixels of each reference [default: 1024², tiny: 64²]."),
+    references: int = typer.Option(1, min=1, help="Candidate references per photo; the reward model keeps the best (> 1)."),
+    reward: str = typer.Option("qwen3-vl-8b", help="The reward model that chooses among candidates."),
+    method: str = typer.Option("ours", "--method", help="The preset-transfer method (any registered one)."),
+    ours_base: Optional[str] = typer.Option(None, help="ours: FLUX.1-dev folder or cached hub id; tiny:SEED for the tiny random model."),
+    ours_lora: list[Path] = typer.Option([], help="ours: a LoRA (cold-start, then RL); repeat for several."),
+    ours_steps: Optional[int] = typer.Option(None, min=1, help="ours: denoising steps [default: 28]."),
+    ours_config: Optional[Path] = typer.Option(None, help="ours: a YAML file of these options (flags win)."),
+    seed: int = typer.Option(0, help="Seed of the references' noise (candidate K uses seed + K)."),
+    base_url: Optional[str] = typer.Option(None, help="Endpoint to ask the VLM instead (an OpenAI-compatible server)."),
+    config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
+    cache: Optional[Path] = typer.Option(None, help="VLM reply cache [default: $XDG_CACHE_HOME/seminft-bench/vlm]."),
+    device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
+) -> None:
+    """Restore old photos (paper §4.3): VLM prompt -> text-to-image reference at the photo's aspect -> preset transfer."""
+    from seminft_bench.bench.methods import MethodContext, MethodUnavailable, get_method
+    from seminft_bench.bench.restore import TINY_PREFIX, RestoreSettings, load_text_to_image, restore_photos
+    from seminft_bench.errors import MissingWeightsError
+    from seminft_bench.vlm import Judge, JudgeUnavailable, ResponseCache, load_config
+    from seminft_bench.vlm.cache import default_cache_dir
+    from seminft_bench.vlm.writer import RESTORATION_PROMPT, Writer
+
+    judges = load_config(config)
+    replies = ResponseCache(cache or default_cache_dir())
+    area = t2i_area or (64 * 64 if t2i.startswith(TINY_PREFIX) else 1024 * 1024)
+    ours = _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps)
+    try:  # every model first: a missing one stops the run before any work
+        writer = None if prompt else Writer.from_name(vlm, config=judges, base_url=base_url, prompt=RESTORATION_PROMPT, cache=replies)
+        chooser = Judge.from_name(reward, config=judges, reward=True, cache=replies) if references > 1 else None
+        painter = load_text_to_image(t2i, device=device)
+        transfer = get_method(method, MethodContext(cache=replies, device=device, options={"ours": ours}))
+        summary = restore_photos(
+            source, out, method=transfer, text_to_image=painter, writer=writer, prompt=prompt, reward=chooser,
+            settings=RestoreSettings(steps=t2i_steps, guidance_scale=t2i_guidance, area=area, references=references, seed=seed),
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except (JudgeUnavailable, MissingWeightsError, MethodUnavailable, ValueError) as error:
+        fail(error)
+    for name, error in summary.failed.items():
+        typer.echo(f"failed {name}: {error}", err=True)
+    typer.echo(f"{len(summary.restored)} restored, {len(summary.skipped)} unreadable (skipped), {len(summary.failed)} failed")
+    if summary.contact_sheet:
+        typer.echo(f"contact sheet: {summary.contact_sheet}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
 study_app = typer.Typer(help="Blind user study over a run's outputs (paper App. A).", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
