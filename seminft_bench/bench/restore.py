@@ -142,12 +142,14 @@ def restore_photos(
     prompt: str | None = None,
     reward: Judge | None = None,
     settings: RestoreSettings = RestoreSettings(),
+    smoke: bool = False,
     log=print,
 ) -> RestoreSummary:
     """Restore each photo of ``sources`` into ``out`` (see the module docstring), skipping unreadable files.
 
     The prompt comes from ``writer`` (a VLM) or is ``prompt`` for every photo; ``reward`` (a judge in
-    reward mode) picks among ``settings.references`` > 1 candidates.
+    reward mode) picks among ``settings.references`` > 1 candidates. ``smoke`` labels the contact sheet a
+    smoke run (tiny random models: it shows the flow runs, not what the method can do).
     """
     if (writer is None) == (prompt is None):
         raise ValueError("give a writer (the VLM that writes each prompt) or one prompt for every photo, not both")
@@ -179,7 +181,8 @@ def restore_photos(
         rows += [photo, candidates[best], results[best]]
         summary.restored.append(name)
     if rows:
-        labels = [label for name in summary.restored for label in (f"{name}: old photo", "generated reference", "restored")]
+        tail = " (smoke run, tiny models)" if smoke else ""
+        labels = [label for name in summary.restored for label in (f"{name}: old photo", "generated reference" + tail, "restored" + tail)]
         sheet = image_grid(rows, labels, ncols=3, cell_size=(320, 320))
         summary.contact_sheet = out / "contact_sheet.png"
         write_png(sheet, summary.contact_sheet)

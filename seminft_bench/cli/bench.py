@@ -266,6 +266,7 @@ def restore_command(
         summary = restore_photos(
             source, out, method=transfer, text_to_image=painter, writer=writer, prompt=prompt, reward=chooser,
             settings=RestoreSettings(steps=t2i_steps, guidance_scale=t2i_guidance, area=area, references=references, seed=seed),
+            smoke=t2i.startswith(TINY_PREFIX) or (method == "ours" and str(ours.get("base", "")).startswith(TINY_PREFIX)),
             log=lambda line: typer.echo(line, err=True),
         )
     except (JudgeUnavailable, MissingWeightsError, MethodUnavailable, ValueError) as error:
