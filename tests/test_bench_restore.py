@@ -92,6 +92,8 @@ def test_restores_each_photo_keeps_every_stage_and_resumes(server, tmp_path, t2i
         assert Image.open(out / name / "result.png").size == size  # the photo itself, regraded
     assert Image.open(out / "contact_sheet.png").size[0] == 3 * 320
     assert server.plan.prompts == 2 and server.calls == 2 and KEY not in result.output
+    costs = json.loads((out / "vlm.costs.json").read_text())
+    assert "qwen3-vl-32b" in json.dumps(costs) and KEY not in json.dumps(costs)
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.name != "contact_sheet.png"}
     again, _ = restore(server, tmp_path, t2i, photos)

@@ -250,17 +250,20 @@ def restore_command(
     from seminft_bench.bench.methods import MethodContext, MethodUnavailable, get_method
     from seminft_bench.bench.restore import TINY_PREFIX, RestoreSettings, load_text_to_image, restore_photos
     from seminft_bench.errors import MissingWeightsError
-    from seminft_bench.vlm import Judge, JudgeUnavailable, ResponseCache, load_config
+    from seminft_bench.vlm import CostLedger, Judge, JudgeUnavailable, ResponseCache, load_config
+    from seminft_bench.vlm.batch import add_costs
     from seminft_bench.vlm.cache import default_cache_dir
     from seminft_bench.vlm.writer import RESTORATION_PROMPT, Writer
 
     judges = load_config(config)
-    replies = ResponseCache(cache or default_cache_dir())
+    replies, ledger = ResponseCache(cache or default_cache_dir()), CostLedger(judges.prices)
     area = t2i_area or (64 * 64 if t2i.startswith(TINY_PREFIX) else 1024 * 1024)
     ours = _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps)
     try:  # every model first: a missing one stops the run before any work
-        writer = None if prompt else Writer.from_name(vlm, config=judges, base_url=base_url, prompt=RESTORATION_PROMPT, cache=replies)
-        chooser = Judge.from_name(reward, config=judges, reward=True, cache=replies) if references > 1 else None
+        writer = None if prompt else Writer.from_name(
+            vlm, config=judges, base_url=base_url, prompt=RESTORATION_PROMPT, cache=replies, ledger=ledger
+        )
+        chooser = Judge.from_name(reward, config=judges, reward=True, cache=replies, ledger=ledger) if references > 1 else None
         painter = load_text_to_image(t2i, device=device)
         transfer = get_method(method, MethodContext(cache=replies, device=device, options={"ours": ours}))
         summary = restore_photos(
@@ -273,6 +276,9 @@ def restore_command(
         fail(error)
     for name, error in summary.failed.items():
         typer.echo(f"failed {name}: {error}", err=True)
+    if ledger.entries:
+        typer.echo(ledger.report())
+        typer.echo(f"costs of all runs: {add_costs(out / 'vlm', ledger)}")
     typer.echo(f"{len(summary.restored)} restored, {len(summary.skipped)} unreadable (skipped), {len(summary.failed)} failed")
     if summary.contact_sheet:
         typer.echo(f"contact sheet: {summary.contact_sheet}")
