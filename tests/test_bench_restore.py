@@ -100,6 +100,9 @@ def test_restores_each_photo_keeps_every_stage_and_resumes(server, tmp_path, t2i
     assert again.exit_code == 0 and server.calls == 2  # prompts kept: no VLM call
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # nothing painted or transferred again
 
+    other, _ = restore(server, tmp_path, t2i, photos, "--seed", "1")  # other noise: the kept stages do not fit
+    assert other.exit_code != 0 and "made with other settings" in other.output
+
 
 def test_several_candidates_keep_the_one_the_reward_model_scores_best(server, tmp_path, t2i, photos):
     result, out = restore(server, tmp_path, t2i, photos, "--references", "3")

@@ -7,6 +7,7 @@ Every stage is pluggable (the VLM is any judge client, with the judges' cache, r
 the text-to-image model any local diffusers pipeline; the method any of the registry) and every
 intermediate is kept, so a rerun redoes only what is missing::
 
+    OUT/NAME/settings.json   what made them (a folder made otherwise is refused, not mixed)
     OUT/NAME/prompt.txt      the VLM's prompt
     OUT/NAME/reference.png   the reference used (with several candidates: reference-K.png, result-K.png
     OUT/NAME/result.png      and scores.json, the reward model's score of each, the best one kept)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -162,9 +163,21 @@ def restore_photos(
     for name, error in summary.skipped.items():
         log(f"skipped {name}: {error}")
     method.prepare(BenchSet("restore", [Sample(name, photo, photo) for name, photo in photos.items()]))
+    made_with = json.loads(json.dumps({
+        "prompt": writer.settings() if writer else {"fixed": prompt},
+        "text_to_image": {"class": type(text_to_image).__name__, "model": text_to_image.config.get("_name_or_path")},
+        "settings": asdict(settings), "method": method.settings(),
+    }, default=str))  # fmt: skip
+    for name in photos:  # a folder made otherwise would mix its kept stages with these: refuse before any work
+        kept = out / name / "settings.json"
+        if kept.is_file() and json.loads(kept.read_text(encoding="utf-8")) != made_with:
+            raise ValueError(f"{out / name} was made with other settings ({kept}); use another --out or remove it")
     rows = []
     for name, photo in photos.items():
         folder = out / name
+        atomic_write_text(folder / "settings.json", json.dumps(made_with, indent=2, sort_keys=True))
+        if prompt is not None:
+            atomic_write_text(folder / "prompt.txt", prompt)
         text = prompt or _prompt(writer, name, photo, folder)
         if text is None:
             summary.failed[name] = (folder / "prompt.error.txt").read_text(encoding="utf-8")
