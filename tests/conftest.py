@@ -137,3 +137,25 @@ def tiny_qwen_edit_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-qwen-image-edit")
     pipeline.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def planted_vlm(monkeypatch, tmp_path):
+    """``start(plan, key, *judges)``: a `PlantedServer` answering with ``plan``, ``key`` as OPENAI_API_KEY, and a judge
+    config (``server.config``) that points ``judges`` at it; stopped after the test."""
+    from seminft_bench.vlm.testserver import PlantedServer
+
+    started = []
+
+    def start(plan, key: str, *judges: str) -> PlantedServer:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        server = PlantedServer(plan).__enter__()
+        started.append(server)
+        config = tmp_path / "judges.toml"
+        config.write_text("".join(f'[judges."{judge}"]\nbase_url = "{server.openai_url}"\n' for judge in judges))
+        server.config, server.plan = str(config), plan
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from seminft_bench.cli.bench import app
 from seminft_bench.imaging import to_array
-from seminft_bench.vlm.testserver import Answer, PlantedServer
+from seminft_bench.vlm.testserver import Answer
 from seminft_bench.vlm.writer import INSTRUCTION_PROMPT
 
 KEY = "sk-instructions-test-0123456789"
@@ -35,14 +35,8 @@ class Plan:
 
 
 @pytest.fixture
-def server(monkeypatch, tmp_path):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    plan = Plan()
-    with PlantedServer(plan) as planted:
-        config = tmp_path / "judges.toml"
-        config.write_text(f'[judges."qwen3-vl-32b"]\nbase_url = "{planted.openai_url}"\n')
-        planted.config, planted.plan = str(config), plan
-        yield planted
+def server(planted_vlm):
+    return planted_vlm(Plan(), KEY, "qwen3-vl-32b")
 
 
 def run(server, tmp_path):

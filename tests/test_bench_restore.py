@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from seminft_bench.bench.restore import reference_size, tiny_text_to_image
 from seminft_bench.cli.bench import app
 from seminft_bench.imaging import to_array
-from seminft_bench.vlm.testserver import Answer, PlantedServer
+from seminft_bench.vlm.testserver import Answer
 from seminft_bench.vlm.writer import RESTORATION_PROMPT
 
 KEY = "sk-restore-test-0123456789"
@@ -38,16 +38,8 @@ class Plan:
 
 
 @pytest.fixture
-def server(monkeypatch, tmp_path):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    plan = Plan()
-    with PlantedServer(plan) as planted:
-        config = tmp_path / "judges.toml"
-        config.write_text(
-            f'[judges."qwen3-vl-32b"]\nbase_url = "{planted.openai_url}"\n[judges."qwen3-vl-8b"]\nbase_url = "{planted.openai_url}"\n'
-        )
-        planted.config, planted.plan = str(config), plan
-        yield planted
+def server(planted_vlm):
+    return planted_vlm(Plan(), KEY, "qwen3-vl-32b", "qwen3-vl-8b")
 
 
 @pytest.fixture(scope="module")
