@@ -129,7 +129,7 @@ def test_rewards_in_flight_together_share_forward_passes_and_equal_one_at_a_time
     original = client.rewards
     client.rewards = lambda requests: (batches.append(len(requests)), original(requests))[1]
     together = Judge("q", client, reward=True, min_mass=0.0, transport=Transport(8)).score_pairs(pairs)
-    assert sorted(batches, reverse=True) == [4, 1] and sum(batches) == len(pairs)
+    assert max(batches) > 1 and max(batches) <= 4 and sum(batches) == len(pairs)  # shared passes, never over max_batch
     for a, b in zip(one_at_a_time, together, strict=True):
         assert b.error is None and b.score == pytest.approx(a.score, abs=1e-5)
         assert b.usage.input_tokens == a.usage.input_tokens  # padding is not billed
