@@ -23,7 +23,7 @@ class Plan:
     """Prompts that name the photo's brightness; rewards that prefer the brighter restored output."""
 
     def __init__(self):
-        self.lock, self.prompts, self.rewards = threading.Lock(), 0, 0
+        self.lock, self.prompts, self.rewards, self.empty = threading.Lock(), 0, 0, 0
 
     def __call__(self, seen):
         with self.lock:
@@ -32,6 +32,9 @@ class Plan:
                 score = int(np.clip(round(10 * to_array(seen.images[1], np.float32).mean()), 0, 5))
                 return Answer(str(score), logprobs={str(score): 0.0}, output_tokens=1)
             self.prompts += 1
+            if self.empty:
+                self.empty -= 1
+                return Answer(" ")
         assert seen.system == RESTORATION_PROMPT.system and len(seen.images) == 1
         level = "bright" if to_array(seen.images[0], np.float32).mean() > 0.5 else "dim"
         return Answer(f"A photorealistic colour photograph of a {level} scene, warm evening light")
@@ -66,7 +69,7 @@ def restore(server, tmp_path, t2i, photos, *extra):
     args = ["restore", "--source", str(photos / "portrait.jpg"), "--source", str(photos / "faded.png"),
             "--source", str(photos / "broken.jpg"), "--out", str(out), "--t2i", t2i, "--t2i-steps", "2", "--t2i-area", "4096",
             "--method", "ours", "--ours-base", "tiny:0", "--ours-steps", "2", "--config", server.config,
-            "--cache", str(tmp_path / "cache"), *extra]  # fmt: skip
+            "--cache", str(tmp_path / "cache"), "--max-attempts", "2", *extra]  # fmt: skip
     return CliRunner().invoke(app, args), out
 
 
@@ -107,6 +110,16 @@ def test_several_candidates_keep_the_one_the_reward_model_scores_best(server, tm
     assert np.array_equal(kept, to_array(Image.open(out / "faded" / f"reference-{best + 1}.png")))
     assert np.array_equal(to_array(Image.open(out / "faded" / "result.png")), to_array(Image.open(out / "faded" / f"result-{best + 1}.png")))
     assert server.plan.rewards == 6  # three candidates for each of the two photos
+
+
+def test_a_photo_whose_prompt_fails_is_listed_the_others_restored_and_a_rerun_retries_it(server, tmp_path, t2i, photos):
+    server.plan.empty = 2  # the first photo's prompt: empty replies until its two tries are spent
+    result, out = restore(server, tmp_path, t2i, photos)
+    assert result.exit_code == 1 and "1 restored" in result.output and "1 failed" in result.output
+    assert "the VLM wrote no prompt" in result.output
+    failed = next(name for name in ("portrait", "faded") if not (out / name / "result.png").exists())
+    again, _ = restore(server, tmp_path, t2i, photos)
+    assert again.exit_code == 0 and (out / failed / "result.png").exists()
 
 
 def test_a_missing_model_fails_at_once_naming_it(server, tmp_path, photos):

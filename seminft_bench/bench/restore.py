@@ -57,7 +57,8 @@ class RestoreSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     """Inputs that could not be read, and why."""
     failed: dict[str, str] = field(default_factory=dict)
-    """Photos whose prompt or candidates' scores failed, and why (a rerun tries them again)."""
+    """Photos a stage failed for (the VLM's prompt, the reward's choice, painting or transfer), and why; a
+    rerun tries them again."""
     contact_sheet: Path | None = None
 
 
@@ -168,38 +169,46 @@ def restore_photos(
         "text_to_image": {"class": type(text_to_image).__name__, "model": text_to_image.config.get("_name_or_path")},
         "settings": asdict(settings), "method": method.settings(),
     }, default=str))  # fmt: skip
-    for name in photos:  # a folder made otherwise would mix its kept stages with these: refuse before any work
-        kept = out / name / "settings.json"
-        if kept.is_file() and json.loads(kept.read_text(encoding="utf-8")) != made_with:
-            raise ValueError(f"{out / name} was made with other settings ({kept}); use another --out or remove it")
+    _refuse_folders_made_otherwise(out, photos, made_with)
     rows = []
     for name, photo in photos.items():
         folder = out / name
         atomic_write_text(folder / "settings.json", json.dumps(made_with, indent=2, sort_keys=True))
-        if prompt is not None:
-            atomic_write_text(folder / "prompt.txt", prompt)
-        text = prompt or _prompt(writer, name, photo, folder)
-        if text is None:
-            summary.failed[name] = (folder / "prompt.error.txt").read_text(encoding="utf-8")
+        try:
+            reference, result = _restore_one(name, photo, folder, method, text_to_image, writer, prompt, reward, settings)
+        except Exception as error:  # one photo's failure is recorded; the others go on, and a rerun retries it
+            summary.failed[name] = f"{type(error).__name__}: {error}"
             continue
-        candidates = [_candidate(text_to_image, text, photo, folder, k, settings) for k in range(settings.references)]
-        results = [_result(method, photo, reference, folder, k, settings.references) for k, reference in enumerate(candidates)]
-        best = 0 if settings.references == 1 else _best(reward, name, candidates, results, folder)
-        if best is None:
-            summary.failed[name] = "the reward model scored no candidate; see scores.json"
-            continue
-        if settings.references > 1:
-            write_png(candidates[best], folder / "reference.png")
-            write_png(results[best], folder / "result.png")
-        rows += [photo, candidates[best], results[best]]
+        rows += [photo, reference, result]
         summary.restored.append(name)
     if rows:
         tail = " (smoke run, tiny models)" if smoke else ""
         labels = [label for name in summary.restored for label in (f"{name}: old photo", "generated reference" + tail, "restored" + tail)]
-        sheet = image_grid(rows, labels, ncols=3, cell_size=(320, 320))
-        summary.contact_sheet = out / "contact_sheet.png"
-        write_png(sheet, summary.contact_sheet)
+        summary.contact_sheet = write_png(image_grid(rows, labels, ncols=3, cell_size=(320, 320)), out / "contact_sheet.png")
     return summary
+
+
+def _refuse_folders_made_otherwise(out: Path, photos, made_with: dict) -> None:
+    """A folder made with other settings would mix its kept stages with these: refuse it before any work."""
+    for name in photos:
+        kept = out / name / "settings.json"
+        if kept.is_file() and json.loads(kept.read_text(encoding="utf-8")) != made_with:
+            raise ValueError(f"{out / name} was made with other settings ({kept}); use another --out or remove it")
+
+
+def _restore_one(name, photo, folder, method, text_to_image, writer, prompt, reward, settings) -> tuple[Image.Image, Image.Image]:
+    """The photo's (reference, result): prompt, candidates, their transfers and, with several, the reward's choice."""
+    if prompt is not None:
+        atomic_write_text(folder / "prompt.txt", prompt)
+    text = prompt or _prompt(writer, name, photo, folder)
+    candidates = [_candidate(text_to_image, text, photo, folder, k, settings) for k in range(settings.references)]
+    results = [_result(method, photo, reference, folder, k, settings.references) for k, reference in enumerate(candidates)]
+    if settings.references == 1:
+        return candidates[0], results[0]
+    best = _best(reward, name, candidates, results, folder)
+    write_png(candidates[best], folder / "reference.png")
+    write_png(results[best], folder / "result.png")
+    return candidates[best], results[best]
 
 
 def _readable(sources: Sequence[str | os.PathLike]) -> dict[str, Image.Image | str]:
@@ -215,16 +224,18 @@ def _readable(sources: Sequence[str | os.PathLike]) -> dict[str, Image.Image | s
     return photos
 
 
-def _prompt(writer: Writer, name: str, photo: Image.Image, folder: Path) -> str | None:
-    """The photo's prompt: the one kept from an earlier run, or the VLM's (None, and the error kept, when it fails)."""
+class StageFailed(RuntimeError):
+    """A stage that could not be done for one photo (its VLM reply, or the reward model's choice)."""
+
+
+def _prompt(writer: Writer, name: str, photo: Image.Image, folder: Path) -> str:
+    """The photo's prompt: the one kept from an earlier run, or the VLM's."""
     kept = folder / "prompt.txt"
     if kept.is_file():
         return kept.read_text(encoding="utf-8")
     written = writer.write(name, [photo])
     if written.text is None:
-        atomic_write_text(folder / "prompt.error.txt", written.error or "no text")
-        return None
-    (folder / "prompt.error.txt").unlink(missing_ok=True)
+        raise StageFailed(f"the VLM wrote no prompt: {written.error}")
     atomic_write_text(kept, written.text)
     return written.text
 
@@ -257,7 +268,7 @@ def _result(method: Method, photo: Image.Image, reference: Image.Image, folder: 
     return result
 
 
-def _best(reward: Judge, name: str, candidates, results, folder: Path) -> int | None:
+def _best(reward: Judge, name: str, candidates, results, folder: Path) -> int:
     """The candidate whose transfer the reward model scores highest (its colours best carried over)."""
     judged = reward.score_pairs([Pair(f"{name}/{k + 1}", c, r) for k, (c, r) in enumerate(zip(candidates, results))])
     scores = [j.score for j in judged]
@@ -265,4 +276,6 @@ def _best(reward: Judge, name: str, candidates, results, folder: Path) -> int | 
         {"reward": reward.name, "candidates": [{"reference": f"reference-{k + 1}.png", "score": j.score, "error": j.error}
                                                for k, j in enumerate(judged)]}, indent=2))  # fmt: skip
     valid = [k for k, score in enumerate(scores) if score is not None]
-    return max(valid, key=lambda k: scores[k]) if valid else None
+    if not valid:
+        raise StageFailed("the reward model scored no candidate; see scores.json")
+    return max(valid, key=lambda k: scores[k])

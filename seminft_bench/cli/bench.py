@@ -245,25 +245,29 @@ def restore_command(
     config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
     cache: Optional[Path] = typer.Option(None, help="VLM reply cache [default: $XDG_CACHE_HOME/seminft-bench/vlm]."),
     device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
+    max_attempts: int = typer.Option(6, min=1, help="Tries per VLM request on rate limits, server errors, timeouts, empty replies."),
 ) -> None:
     """Restore old photos (paper §4.3): VLM prompt -> text-to-image reference at the photo's aspect -> preset transfer."""
     from seminft_bench.bench.methods import MethodContext, MethodUnavailable, get_method
     from seminft_bench.bench.restore import TINY_PREFIX, RestoreSettings, load_text_to_image, restore_photos
     from seminft_bench.errors import MissingWeightsError
-    from seminft_bench.vlm import CostLedger, Judge, JudgeUnavailable, ResponseCache, load_config
+    from seminft_bench.vlm import CostLedger, Judge, JudgeUnavailable, ResponseCache, RetryPolicy, Transport, load_config
     from seminft_bench.vlm.batch import add_costs
     from seminft_bench.vlm.cache import default_cache_dir
     from seminft_bench.vlm.writer import RESTORATION_PROMPT, Writer
 
     judges = load_config(config)
     replies, ledger = ResponseCache(cache or default_cache_dir()), CostLedger(judges.prices)
+    transport = Transport(16, RetryPolicy(max_attempts=max_attempts))
     area = t2i_area or (64 * 64 if t2i.startswith(TINY_PREFIX) else 1024 * 1024)
     ours = _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps)
     try:  # every model first: a missing one stops the run before any work
         writer = None if prompt else Writer.from_name(
-            vlm, config=judges, base_url=base_url, prompt=RESTORATION_PROMPT, cache=replies, ledger=ledger
+            vlm, config=judges, base_url=base_url, prompt=RESTORATION_PROMPT, cache=replies, ledger=ledger, transport=transport
         )
-        chooser = Judge.from_name(reward, config=judges, reward=True, cache=replies, ledger=ledger) if references > 1 else None
+        chooser = None if references == 1 else Judge.from_name(
+            reward, config=judges, reward=True, cache=replies, ledger=ledger, transport=transport
+        )
         painter = load_text_to_image(t2i, device=device)
         transfer = get_method(method, MethodContext(cache=replies, device=device, options={"ours": ours}))
         summary = restore_photos(
