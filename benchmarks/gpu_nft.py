@@ -137,7 +137,7 @@ def main() -> None:
     pictures = {"source": photo("astronaut", side), "reference": photo("coffee", side)}
     offline = [OfflineSample(f"anchor-{i}", photo(PHOTOS[i], side), photo(PHOTOS[i + 1], side), photo(PHOTOS[i], side), 1.0 + i)
                for i in range(config.group_offline)]  # fmt: skip
-    offline_latents = [nft.encode_offline(pipe, sample) for sample in offline]
+    offline_latents = {sample.id: nft.encode_offline(pipe, sample) for sample in offline}
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{'tiny' if args.tiny else 'FLUX.1-dev-sized'} transformer and VAE on {name}, built in {time.perf_counter() - started:.0f} s; "
           f"{side}² images, G = {config.group_online} + {config.group_offline}, T = {config.rollout_steps}")  # fmt: skip

@@ -7,6 +7,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,6 +165,15 @@ class JsonLines:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+    def keep_latest(self, fields: tuple[str, ...], order: Callable[[dict], object] | None = None) -> dict[tuple, dict]:
+        """Compact the file: the last record per value of ``fields`` (records lacking one are dropped), sorted
+        by ``order`` (default: those values), rewritten atomically. Returns them by key, in that order."""
+        latest = {tuple(r[f] for f in fields): r for r in self.read() if all(f in r for f in fields)}
+        ordered = dict(sorted(latest.items(), key=lambda item: order(item[1]) if order else item[0]))
+        if self.path.exists():
+            self.rewrite(list(ordered.values()))
+        return ordered
 
     def rewrite(self, records: list[dict]) -> Path:
         """Replace the whole file atomically (compaction)."""

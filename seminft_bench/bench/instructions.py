@@ -44,7 +44,7 @@ def write_instructions(
 ) -> InstructionsSummary:
     """An instruction per sample of ``bench_set`` in the JSON-lines file ``out``, skipping those already there."""
     store = JsonLines(out)
-    key = writer_key(writer)
+    key, settings = writer_key(writer), writer.settings()
     done = {r["name"] for r in store.read() if r.get("writer_key") == key and r.get("instruction") is not None}
     todo = [sample for sample in bench_set.samples if sample.name not in done]
     failed = 0
@@ -55,19 +55,12 @@ def write_instructions(
                 written = future.result()
                 record = written.to_record()
                 store.append({"name": record.pop("name"), "instruction": record.pop("text"), "writer_key": key,
-                              "settings": writer.settings(), **record})  # fmt: skip
+                              "settings": settings, **record})  # fmt: skip
                 failed += written.text is None
                 bar.update()
                 bar.set_postfix(failed=failed)
     finally:
-        _compact(store, [sample.name for sample in bench_set.samples])
+        rank = {sample.name: i for i, sample in enumerate(bench_set.samples)}  # the set's order
+        store.keep_latest(("name", "writer_key"), order=lambda r: (rank.get(r["name"], len(rank)), r["name"], r["writer_key"]))
         costs = add_costs(out, writer.ledger)
     return InstructionsSummary(len(bench_set.samples), len(done), len(todo) - failed, failed, costs)
-
-
-def _compact(store: JsonLines, order: list[str]) -> None:
-    """The last line per (sample, writer settings), in the set's order; rewritten atomically."""
-    latest = {(r["name"], r["writer_key"]): r for r in store.read() if {"name", "writer_key"} <= r.keys()}
-    rank = {name: i for i, name in enumerate(order)}
-    if store.path.exists():
-        store.rewrite(sorted(latest.values(), key=lambda r: (rank.get(r["name"], len(rank)), r["name"], r["writer_key"])))

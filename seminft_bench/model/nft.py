@@ -266,7 +266,7 @@ def train_nft(
         sizes = sft.working_sizes(pairs, pipe)
         cache = LatentCache(cache_dir / "latents", vae_identity(components.vae))
         encoded = sft.cache_latents(root, "train", pairs, sizes, pipe, cache, roles=PAIR_ROLES)
-        offline_latents = [encode_offline(pipe, sample) for sample in offline]
+        offline_latents = {sample.id: encode_offline(pipe, sample) for sample in offline}
     accelerator.print(f"{len(pairs)} pairs ({encoded} images encoded), {len(offline)} offline samples")
     images = PairImages(root)
 
@@ -370,12 +370,12 @@ def group_triples(pair_id: str, pictures: dict[str, Image.Image], samples: list[
 
 
 def group_batches(
-    rollouts: list[Rollout], offline: list[OfflineSample], offline_latents: list, group_offline: int,
+    rollouts: list[Rollout], offline: list[OfflineSample], offline_latents: dict[str, tuple], group_offline: int,
     rng: np.random.Generator,
 ) -> tuple[list[Batch], dict[str, list[float]], int]:
     """Each group's training batches: the online samples whose rewards came back and ``group_offline`` drawn
     anchors, normalised together (Eq. 5–6). Also the raw and normalised rewards, online and offline apart
-    (for the logs), and how many rewards failed."""
+    (for the logs), and how many rewards failed. ``offline_latents`` maps an anchor's id to its latents."""
     batches, failed = [], 0
     rewards: dict[str, list[float]] = {f"reward/{kind}_{what}": [] for kind in ("online", "offline")
                                        for what in ("raw", "normalized")}  # fmt: skip
@@ -383,17 +383,17 @@ def group_batches(
         scores = group.scores.result()
         kept = [i for i, score in enumerate(scores) if score is not None]  # a failed reward leaves its group
         failed += len(scores) - len(kept)
-        anchors = [offline.index(sample) for sample in draw_offline(offline, group_offline, rng)]
+        anchors = draw_offline(offline, group_offline, rng)
         if len(kept) + len(anchors) < 2:
             continue  # nothing to compare in this group
-        online, anchored = [scores[i] for i in kept], [offline[i].score for i in anchors]
+        online, anchored = [scores[i] for i in kept], [anchor.score for anchor in anchors]
         r_online, r_offline = group_normalize(online, anchored)
         for kind, values, normalized in (("online", online, r_online), ("offline", anchored, r_offline)):
             rewards[f"reward/{kind}_raw"] += values
             rewards[f"reward/{kind}_normalized"] += list(normalized)
         if kept:
             batches.append(Batch(group.x0[kept], group.source, group.reference, torch.as_tensor(r_online, dtype=torch.float32)))
-        batches += offline_batches([offline_latents[i] for i in anchors], r_offline)
+        batches += offline_batches([offline_latents[anchor.id] for anchor in anchors], r_offline)
     return batches, rewards, failed
 
 

@@ -24,6 +24,10 @@ from seminft_bench.vlm.costs import CostLedger
 from seminft_bench.vlm.judge import Judge, Pair
 
 
+RECORD_KEY = ("judge", "mode", "name")
+"""One result line per judge, mode and pair; the last one counts."""
+
+
 @dataclass
 class BatchSummary:
     pairs: int  # matched pairs
@@ -73,7 +77,7 @@ def judge_folders(
     if not pairs:
         raise ValueError(f"no image in {predictions} has a reference of the same name in {references}")
     store = JsonLines(results)
-    records = _compact(store)  # also drops a line a killed run left half-written
+    records = store.keep_latest(RECORD_KEY)  # also drops a line a killed run left half-written
     done = {key for key, record in records.items() if record["error"] is None}  # keys: (judge, mode, name)
     todo = [pair for pair in pairs if (judge.name, judge.mode, pair.name) not in done]
     failed = 0
@@ -87,7 +91,7 @@ def judge_folders(
                 bar.set_postfix(failed=failed)
     finally:
         judge.close()
-        _compact(store)
+        store.keep_latest(RECORD_KEY)
         costs = add_costs(results, judge.ledger)
     return BatchSummary(len(pairs), len(pairs) - len(todo), len(todo) - failed, failed, unmatched, judge.ledger, costs)
 
@@ -99,12 +103,3 @@ def add_costs(results: str | os.PathLike, ledger: CostLedger) -> Path:
     total.add(ledger)
     total.write(costs)
     return costs
-
-
-def _compact(store: JsonLines) -> dict[tuple[str, str, str], dict]:
-    """Keep the last complete line per (judge, mode, name), sorted; rewrite the file atomically."""
-    records = {(r["judge"], r["mode"], r["name"]): r for r in store.read() if {"judge", "mode", "name"} <= r.keys()}
-    ordered = dict(sorted(records.items()))
-    if store.path.exists():
-        store.rewrite(list(ordered.values()))
-    return ordered
