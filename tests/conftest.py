@@ -42,6 +42,34 @@ def tiny_dino(tmp_path_factory):
 
 
 @pytest.fixture
+def tiny_flux_folder(tmp_path):
+    """A FluxPipeline folder with tiny random CLIP and T5 encoders and hand-made tokenizers."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    clip_vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    clip_vocab.update({token: len(clip_vocab) + i for i, token in enumerate(letters + [c + "</w>" for c in letters])})
+    clip_tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=77)
+    t5_pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -1.0) for c in letters]
+    t5_tokenizer = T5TokenizerFast(vocab=t5_pieces, extra_ids=0, model_max_length=512)
+    torch.manual_seed(0)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+            num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_pieces), d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=2))
+    from seminft_bench.model.components import tiny_components
+
+    c = tiny_components()
+    pipeline = FluxPipeline(c.scheduler, c.vae, clip.eval(), clip_tokenizer, t5.eval(), t5_tokenizer, c.transformer)
+    pipeline.save_pretrained(tmp_path / "flux")
+    return tmp_path / "flux", pipeline
+
+
+@pytest.fixture
 def load_hf(tmp_path_factory):
     """``datasets.load_dataset`` on a folder with a cache of its own: the shared cache keys local
     folders loosely, so two test folders of the same name can read each other's stale copy."""

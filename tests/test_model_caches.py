@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ from seminft_bench.errors import MissingWeightsError
 from seminft_bench.model import caches
 from seminft_bench.model.caches import (
     LatentCache,
+    LatentKey,
     PromptEmbeddings,
     encode_with_flux_text_encoders,
     prompt_embeddings,
+    text_encoders_identity,
     tiny_prompt_embeddings,
     vae_identity,
 )
@@ -50,7 +53,7 @@ def test_prompt_is_encoded_once_then_read_from_disk(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_prompt_key_covers_base_prompt_and_length(tmp_path):
+def test_prompt_key_covers_encoders_prompt_and_length(tmp_path):
     encoder = CountingEncoder()
     prompt_embeddings("a", "tiny:0", tmp_path, encode=encoder, max_sequence_length=8)
     prompt_embeddings("b", "tiny:0", tmp_path, encode=encoder, max_sequence_length=8)
@@ -96,32 +99,6 @@ def test_flux_text_encoders_load_lazily_and_name_what_is_missing(tmp_path, monke
         encode_with_flux_text_encoders(tmp_path / "model", device="cpu")("p")
 
 
-@pytest.fixture
-def tiny_flux_folder(tmp_path):
-    """A FluxPipeline folder with tiny random CLIP and T5 encoders and hand-made tokenizers."""
-    from diffusers import FluxPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    clip_vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    clip_vocab.update({token: len(clip_vocab) + i for i, token in enumerate(letters + [c + "</w>" for c in letters])})
-    clip_tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=[], model_max_length=77)
-    t5_pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -1.0) for c in letters]
-    t5_tokenizer = T5TokenizerFast(vocab=t5_pieces, extra_ids=0, model_max_length=512)
-    torch.manual_seed(0)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-            num_attention_heads=2, projection_dim=32, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        )
-    )
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_pieces), d_model=32, d_ff=37, d_kv=8, num_layers=1, num_heads=2))
-    c = tiny_components()
-    pipeline = FluxPipeline(c.scheduler, c.vae, clip.eval(), clip_tokenizer, t5.eval(), t5_tokenizer, c.transformer)
-    pipeline.save_pretrained(tmp_path / "flux")
-    return tmp_path / "flux", pipeline
-
-
 def test_flux_text_encoders_give_flux_pipelines_embeddings(tiny_flux_folder, tmp_path):
     folder, pipeline = tiny_flux_folder
     encode = encode_with_flux_text_encoders(folder, device="cpu", max_sequence_length=16)
@@ -149,62 +126,91 @@ def test_vae_identity_follows_weights_config_and_dtype(tmp_path):
     assert vae_identity(reloaded) != vae_identity(vae)
 
 
+def key(image: str = "img-a", size=(32, 32), resize: str = "rule") -> LatentKey:
+    return LatentKey(image, size, resize)
+
+
 def test_latents_are_reused_across_instances_and_not_across_vaes(tmp_path):
     components = tiny_components(0)
     identity = vae_identity(components.vae)
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    calls = []
-
-    def encode(x):
-        calls.append(x)
-        return components.encode(x)[0]
-
-    first = LatentCache(tmp_path, identity).get_or_encode("s1", "source", image, encode)
-    again = LatentCache(tmp_path, identity).get_or_encode("s1", "source", image, encode)
-    assert len(calls) == 1 and torch.equal(first, again)
-    assert torch.equal(first, components.encode(image)[0])
-    assert LatentCache(tmp_path, identity).get("s1", "target") is None  # roles are separate entries
-    assert LatentCache(tmp_path, vae_identity(tiny_components(1).vae)).get("s1", "source") is None
+    LatentCache(tmp_path, identity).put(key(), components.encode(image)[0])
+    again = LatentCache(tmp_path, identity).get(key())
+    assert torch.equal(again, components.encode(image)[0])
+    assert LatentCache(tmp_path, vae_identity(tiny_components(1).vae)).get(key()) is None
     assert (tmp_path / identity).is_dir()
+
+
+def test_every_part_of_the_key_makes_its_own_entry(tmp_path):
+    cache = LatentCache(tmp_path, "vae0")
+    cache.put(key(), torch.zeros(4, 2, 2))
+    assert cache.get(key()) is not None
+    for other in (key(image="img-b"), key(size=(32, 48)), key(resize="another rule")):
+        assert cache.get(other) is None, other
 
 
 def test_shuffled_order_pairs_each_sample_with_its_own_latents(tmp_path):
     components = tiny_components(0)
     cache = LatentCache(tmp_path, vae_identity(components.vae))
-    images = {f"sample-{i}": torch.full((1, 3, 16, 16), i / 10) for i in range(8)}
-    for sample_id in images:  # first epoch, in order
-        cache.get_or_encode(sample_id, "target", images[sample_id], lambda x: components.encode(x)[0])
+    images = {f"img-{i}": torch.full((1, 3, 16, 16), i / 10) for i in range(8)}
+    for name, image in images.items():  # first epoch, in order
+        cache.put(key(name, (16, 16)), components.encode(image)[0])
     order = list(images)
     random.Random(0).shuffle(order)
-    for sample_id in order:  # later epoch, shuffled, from cache only
-        latents = cache.get_or_encode(sample_id, "target", images[sample_id], pytest.fail)
-        assert torch.equal(latents, components.encode(images[sample_id])[0]), sample_id
+    for name in order:  # later epoch, shuffled, from cache only
+        assert torch.equal(cache.get(key(name, (16, 16))), components.encode(images[name])[0]), name
 
 
-def test_a_file_of_another_sample_is_never_served(tmp_path):
+def test_a_file_of_another_image_is_never_served(tmp_path):
     cache = LatentCache(tmp_path, "vae0")
-    cache.put("a", "source", torch.zeros(4, 2, 2))
-    os.replace(cache.path("a", "source"), cache.path("b", "source"))
-    with pytest.raises(RuntimeError, match="instead of sample 'b'"):
-        cache.get("b", "source")
+    cache.put(key("a"), torch.zeros(4, 2, 2))
+    os.replace(cache.path(key("a")), cache.path(key("b")))
+    with pytest.raises(RuntimeError, match="instead of"):
+        cache.get(key("b"))
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
     cache = LatentCache(tmp_path, "vae0")
-    cache.put("a", "source", torch.ones(4, 2, 2))
-    assert [p.name for p in cache.folder.iterdir()] == [cache.path("a", "source").name]
+    cache.put(key("a"), torch.ones(4, 2, 2))
+    assert [p.name for p in cache.folder.iterdir()] == [cache.path(key("a")).name]
 
     def killed(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        cache.put("b", "source", torch.ones(4, 2, 2))
+        cache.put(key("b"), torch.ones(4, 2, 2))
     with pytest.raises(KeyboardInterrupt):
         caches.prompt_embeddings("p", "tiny:0", tmp_path / "prompts", encode=CountingEncoder(), max_sequence_length=8)
-    assert [p.name for p in cache.folder.iterdir()] == [cache.path("a", "source").name]  # no temp file, no torn file
+    assert [p.name for p in cache.folder.iterdir()] == [cache.path(key("a")).name]  # no temp file, no torn file
     assert list((tmp_path / "prompts").iterdir()) == []
-    assert cache.get("b", "source") is None
+    assert cache.get(key("b")) is None
+
+
+def test_text_encoders_identity_follows_their_files(tiny_flux_folder, tmp_path, monkeypatch):
+    folder, _ = tiny_flux_folder
+    first = text_encoders_identity(folder)
+    assert first == text_encoders_identity(folder)
+    config = folder / "text_encoder_2" / "config.json"
+    config.write_text(config.read_text().replace('"num_heads": 2', '"num_heads": 1'))
+    changed = text_encoders_identity(folder)
+    assert changed != first  # a changed file: the prompts are encoded again
+    # large files count by size and modification time, or by their blob name in the Hugging Face cache
+    monkeypatch.setattr(caches, "SMALL_FILE", 0)
+    weights = next((folder / "text_encoder").glob("*.safetensors"))
+    by_stat = text_encoders_identity(folder)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert text_encoders_identity(folder) != by_stat
+    blob = tmp_path / "blobs" / "0123abcd"
+    blob.parent.mkdir()
+    os.replace(weights, blob)
+    weights.symlink_to(blob)
+    by_blob = text_encoders_identity(folder)
+    blob.touch()
+    assert text_encoders_identity(folder) == by_blob
+    shutil.rmtree(folder / "tokenizer_2")
+    with pytest.raises(MissingWeightsError, match="lacks tokenizer_2/"):
+        text_encoders_identity(folder)
 
 
 def test_unsafe_identity_is_refused(tmp_path):

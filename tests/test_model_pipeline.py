@@ -55,7 +55,7 @@ def test_condition_cache_on_equals_off_before_decoding(pipe):
 
 
 def test_samples_drawn_in_one_batch_equal_one_at_a_time_cache_on_or_off(pipe):
-    source, reference = pipe._encode(Image.fromarray(SOURCE)), pipe._encode(Image.fromarray(REFERENCE))
+    source, reference = pipe.encode_image(SOURCE), pipe.encode_image(REFERENCE)
     # CPU randn fills blocks of 16 numbers: one [3, 4, h, w] draw (h, w even) is three [1, 4, h, w] draws in a row
     generator = seeded()
     one_by_one = torch.cat([pipe.denoise_latents(source, reference, 3, generator=generator) for _ in range(3)])
@@ -91,19 +91,18 @@ def test_a_saved_lora_loads_changes_the_output_and_is_hashed(tmp_path):
 
 
 def test_a_main_branch_lora_leaves_the_condition_pass_to_the_base_and_cache_on_equals_off(tmp_path):
-    import json
+    from seminft_bench.model.lora import LORA_FILE, save_lora
 
-    from seminft_bench.model.lora import TRAINING_FILE
-
-    main_only = save_random_lora(tiny_components(0).transformer, tmp_path / "main")
-    (main_only / TRAINING_FILE).write_text(json.dumps({"adapter": "coldstart", "lora_on": "main"}))
-    everywhere = save_random_lora(tiny_components(0).transformer, tmp_path / "all")  # same weights, no record
+    made = tiny_components(0).transformer
+    save_random_lora(made, tmp_path / "all")  # a plain diffusers LoRA: no record, it runs on every branch
+    save_lora(made, tmp_path / "main", "made", SemiNFTPipeline.tiny(0).record("main", "sft", 1))  # the same weights, recorded as trained with lora_on: main
+    main_only, everywhere = tmp_path / "main", tmp_path / "all"
+    assert (main_only / LORA_FILE).is_file()
     main_pipe, all_pipe = (SemiNFTPipeline.from_pretrained("tiny:0", lora=[f]) for f in (main_only, everywhere))
     base = SemiNFTPipeline.tiny(0)
 
     def condition_kv(pipe):
-        source, reference = pipe._encode(Image.fromarray(SOURCE)), pipe._encode(Image.fromarray(REFERENCE))
-        return pipe.condition_cache(pipe._condition_tokens(source, reference), pipe._text_inputs(1), pipe._guidance(3.5, 1)).kv
+        return pipe.condition_cache(pipe.encode_image(SOURCE), pipe.encode_image(REFERENCE)).kv
 
     # the condition keys/values are exactly the base model's, as in lora_on: main training
     for (k, v), (k0, v0) in zip(condition_kv(main_pipe), condition_kv(base), strict=True):

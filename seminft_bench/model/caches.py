@@ -1,12 +1,14 @@
 """On-disk caches that keep the text encoders and the VAE encoder out of the training loop.
 
 - Prompt embeddings: SemiNFT uses one task description for every sample (paper §3.5), so
-  its T5 and CLIP embeddings are computed once per base model and read back from disk;
-  the text encoders (about 10 GB for FLUX) are loaded only when the cache misses.
-- VAE latents: stored per sample id and image role, never per step or loader index, so a
-  shuffled loader always gets each sample's own latents (diffusers' FLUX LoRA scripts
-  cache them by position and mis-pair them when the loader shuffles). They live in a
-  folder named after the VAE's identity, so latents of another VAE are never reused.
+  its T5 and CLIP embeddings are computed once per text encoders and read back from disk,
+  keyed by the text and the encoders' identity; the text encoders (about 10 GB for FLUX) are
+  loaded only when the cache misses.
+- VAE latents: keyed by all that shapes them (the image file's hash, the working size and the
+  resize rule) in a folder named after the VAE's identity, never by step or loader index, so a
+  shuffled loader always gets each sample's own latents (diffusers' FLUX LoRA scripts cache them
+  by position and mis-pair them when the loader shuffles), and a changed image or setting is
+  encoded again while everything else is reused.
 
 Every file is a safetensors file written atomically: a killed job leaves either the
 whole file or none.
@@ -58,28 +60,118 @@ class PromptEmbeddings:
 
 def prompt_embeddings(
     prompt: str,
-    base: str,
+    encoders: str,
     cache_dir: str | os.PathLike,
     *,
     encode: Callable[[str], PromptEmbeddings],
     max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH,
 ) -> PromptEmbeddings:
-    """The embeddings of ``prompt`` under ``base``, computed with ``encode`` only if ``cache_dir`` lacks them.
+    """The embeddings of ``prompt`` by the text encoders ``encoders`` (their identity, `text_encoders_identity`),
+    computed with ``encode`` only if ``cache_dir`` lacks them.
 
-    The cache key is a hash of (base, prompt, max_sequence_length); ``encode`` must pad to
-    ``max_sequence_length`` tokens, which is checked, so a key never holds embeddings of
-    another length. Tensors come back on the CPU.
+    The cache key (`prompt_key`) is a hash of (encoders, prompt, max_sequence_length); ``encode`` must
+    pad to ``max_sequence_length`` tokens, which is checked, so a key never holds embeddings of another
+    length. Tensors come back on the CPU.
     """
-    key = _digest({"base": base, "prompt": prompt, "max_sequence_length": max_sequence_length})
-    path = Path(cache_dir) / f"{key}.safetensors"
+    path = Path(cache_dir) / f"{prompt_key(prompt, encoders, max_sequence_length)}.safetensors"
     if path.exists():
         return PromptEmbeddings(**load_file(path))
     embeddings = encode(prompt)
     _check_prompt_shapes(embeddings, max_sequence_length)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in vars(embeddings).items()}
-    metadata = {"base": base, "prompt": prompt, "max_sequence_length": str(max_sequence_length)}
+    metadata = {"encoders": encoders, "prompt": prompt, "max_sequence_length": str(max_sequence_length)}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
     return PromptEmbeddings(**tensors)
+
+
+def prompt_key(prompt: str, encoders: str, max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH) -> str:
+    """What a prompt's cached embeddings are keyed by: the text, the encoders' identity and the padded length."""
+    return _digest({"encoders": encoders, "prompt": prompt, "max_sequence_length": max_sequence_length})
+
+
+@dataclass
+class PromptEncoder:
+    """Prompt text to FLUX's embeddings, each prompt encoded once per machine (and once per process).
+
+    ``identity`` names the text encoders (`text_encoders_identity`, or ``tiny:SEED`` for the tiny
+    stand-ins); with a ``cache_dir`` the embeddings are kept on disk under `prompt_key`.
+    """
+
+    identity: str
+    encode: Callable[[str], PromptEmbeddings]
+    cache_dir: Path | None = None
+    max_sequence_length: int = T5_MAX_SEQUENCE_LENGTH
+
+    def __post_init__(self) -> None:
+        self._memo: dict[str, PromptEmbeddings] = {}
+
+    @classmethod
+    def flux(
+        cls, base: str, cache_dir: str | os.PathLike, device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PromptEncoder:
+        """FLUX's CLIP and T5 of ``base``, loaded only when a prompt is not in ``cache_dir`` yet."""
+        return cls(text_encoders_identity(base), encode_with_flux_text_encoders(base, device, dtype), Path(cache_dir))
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> PromptEncoder:
+        """The tiny components' stand-in embeddings (`tiny_prompt_embeddings`), computed, never stored."""
+        return cls(f"tiny:{seed}", lambda prompt: tiny_prompt_embeddings(prompt, seed))
+
+    def key(self, prompt: str) -> str:
+        return prompt_key(prompt, self.identity, self.max_sequence_length)
+
+    def __call__(self, prompt: str) -> PromptEmbeddings:
+        if prompt not in self._memo:
+            if self.cache_dir is None:
+                self._memo[prompt] = self.encode(prompt)
+            else:
+                self._memo[prompt] = prompt_embeddings(
+                    prompt, self.identity, self.cache_dir, encode=self.encode, max_sequence_length=self.max_sequence_length
+                )
+        return self._memo[prompt]
+
+
+SMALL_FILE = 64 << 20
+"""Files up to this size are identified by their content's hash, larger ones more cheaply."""
+
+
+def text_encoders_identity(base: str | os.PathLike) -> str:
+    """A short hash of ``base``'s text encoders and tokenizers as files, without loading them.
+
+    Small files (configs, vocabularies) count by content; large weight files by their name in the
+    Hugging Face cache (a blob is named by its content's hash), else by size and modification time.
+    A changed encoder thus gets new prompt embeddings, and a file copied elsewhere at worst one
+    needless encoding. Raises `MissingWeightsError` when they are not on disk.
+    """
+    folder = text_encoders_folder(os.fspath(base))
+    digest = hashlib.sha256()
+    for name in TEXT_ENCODER_SUBFOLDERS:
+        for path in sorted(p for p in (folder / name).rglob("*") if p.is_file()):
+            digest.update(f"{path.relative_to(folder)}\0{_file_fingerprint(path)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def text_encoders_folder(base: str) -> Path:
+    """The model folder of ``base``, checked to hold FLUX's text encoders and tokenizers (`MissingWeightsError` if not)."""
+    folder = locate_weights(base)
+    missing = [name for name in TEXT_ENCODER_SUBFOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise MissingWeightsError(
+            f"text encoders of {base!r} not found: {folder} lacks {', '.join(f'{name}/' for name in missing)}. "
+            f"{how_to_provide(base)}"
+        )
+    return folder
+
+
+def _file_fingerprint(path: Path) -> str:
+    resolved = path.resolve()
+    stat = resolved.stat()
+    if stat.st_size <= SMALL_FILE:
+        return hashlib.sha256(resolved.read_bytes()).hexdigest()
+    if resolved.parent.name == "blobs":
+        return resolved.name
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _check_prompt_shapes(embeddings: PromptEmbeddings, length: int) -> None:
@@ -104,7 +196,7 @@ def encode_with_flux_text_encoders(
     """An ``encode`` for `prompt_embeddings` that runs FLUX's CLIP and T5 through `FluxPipeline.encode_prompt`.
 
     The text encoders are loaded on the first call, not here, so a run whose prompt is
-    already cached never loads them, nor needs them on disk. That first call raises
+    already cached never loads them. That first call raises
     `MissingWeightsError` when they are absent. Device and dtype default as in
     `components.load_components`.
     """
@@ -126,13 +218,7 @@ def encode_with_flux_text_encoders(
 def _load_text_encoders(base: str, device: str | torch.device | None, dtype: torch.dtype | None):
     from diffusers import FluxPipeline
 
-    folder = locate_weights(base)
-    missing = [name for name in TEXT_ENCODER_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise MissingWeightsError(
-            f"text encoders of {base!r} not found: {folder} lacks {', '.join(f'{name}/' for name in missing)}. "
-            f"{how_to_provide(base)}"
-        )
+    folder = text_encoders_folder(base)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     try:
@@ -177,13 +263,33 @@ def vae_identity(vae: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class LatentCache:
-    """VAE latents on disk, one safetensors file per (sample id, role) under ``folder/vae_identity/``.
+def image_digest(data: bytes) -> str:
+    """The SHA-256 of an image file's bytes: what its latents are keyed by, so a replaced image is encoded again."""
+    return hashlib.sha256(data).hexdigest()
 
-    ``role`` names the image within a sample (``"source"``, ``"reference"``, ``"target"``).
-    File names are hashes of (sample id, role); the file also records both and `get`
-    checks them, so a file can never be served for another sample. Processes may share
-    a cache: writes are atomic, so a reader sees a whole file or none.
+
+@dataclass(frozen=True)
+class LatentKey:
+    """All that shapes an image's latents besides the VAE: the image's bytes, the size it is resized to, and how."""
+
+    image: str
+    """`image_digest` of the file's bytes."""
+    size: tuple[int, int]
+    """(width, height) it is resized to before encoding."""
+    resize: str
+    """The resize rule (`pipeline.RESIZE_RULE`)."""
+
+    def fields(self) -> dict[str, str]:
+        return {"image": self.image, "size": f"{self.size[0]}x{self.size[1]}", "resize": self.resize}
+
+
+class LatentCache:
+    """VAE latents on disk, one safetensors file per `LatentKey` under ``folder/vae_identity/``.
+
+    File names are hashes of the key; the file also records the key and `get` checks it, so a file can
+    never be served for another image, size or rule. A setting or an image that changes makes a new
+    key, which is encoded anew; every other entry stays. Processes may share a cache: writes are
+    atomic, so a reader sees a whole file or none.
     """
 
     def __init__(self, folder: str | os.PathLike, vae_identity: str):
@@ -191,34 +297,23 @@ class LatentCache:
             raise ValueError(f"vae_identity must be a file-name-safe string as vae_identity(vae) gives, got {vae_identity!r}")
         self.folder = Path(folder) / vae_identity
 
-    def path(self, sample_id: str, role: str) -> Path:
-        return self.folder / f"{_digest({'sample_id': sample_id, 'role': role})}.safetensors"
+    def path(self, key: LatentKey) -> Path:
+        return self.folder / f"{_digest(key.fields())}.safetensors"
 
-    def get(self, sample_id: str, role: str) -> torch.Tensor | None:
-        """The cached latents (on the CPU), or None when this sample's ``role`` is not cached."""
-        path = self.path(sample_id, role)
+    def get(self, key: LatentKey) -> torch.Tensor | None:
+        """The cached latents (on the CPU), or None when ``key`` is not cached."""
+        path = self.path(key)
         if not path.exists():
             return None
         with safe_open(path, framework="pt") as file:
             stored = file.metadata() or {}
-            if (stored.get("sample_id"), stored.get("role")) != (sample_id, role):
-                raise RuntimeError(f"{path} holds latents of {stored} instead of sample {sample_id!r}, role {role!r}")
+            if {name: stored.get(name) for name in key.fields()} != key.fields():
+                raise RuntimeError(f"{path} holds latents of {stored} instead of {key.fields()}")
             return file.get_tensor("latents")
 
-    def put(self, sample_id: str, role: str, latents: torch.Tensor) -> None:
-        tensor = latents.detach().cpu().contiguous()
-        data = save({"latents": tensor}, metadata={"sample_id": sample_id, "role": role})
-        atomic_write_bytes(self.path(sample_id, role), data)
-
-    def get_or_encode(
-        self, sample_id: str, role: str, image: torch.Tensor, encode_fn: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """The cached latents, else ``encode_fn(image)`` stored first; on the CPU either way."""
-        latents = self.get(sample_id, role)
-        if latents is None:
-            latents = encode_fn(image).detach().cpu()
-            self.put(sample_id, role, latents)
-        return latents
+    def put(self, key: LatentKey, latents: torch.Tensor) -> None:
+        data = save({"latents": latents.detach().cpu().contiguous()}, metadata=key.fields())
+        atomic_write_bytes(self.path(key), data)
 
 
 def _digest(fields: dict) -> str:

@@ -8,6 +8,8 @@ is encoded once and cached (`caches.prompt_embeddings`), so nothing else needs t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -231,6 +233,20 @@ def _load_from_folder(folder: Path, base: str, dtype: torch.dtype, quantization=
             f"base model {base!r} at {folder} is incomplete ({error}). {how_to_provide(base)}"
         ) from error
     return FluxComponents(transformer=transformer, vae=vae, scheduler=scheduler, base=base)
+
+
+def base_identity(transformer: torch.nn.Module) -> str:
+    """A short hash of the transformer's config: what a LoRA's record names as its base.
+
+    Private entries (``_name_or_path``, ``_diffusers_version``) and the quantisation are left out, so the
+    same model from another folder, or stored in float8, keeps its identity, and a LoRA trained on one
+    runs on the other.
+    """
+    config = {
+        key: value for key, value in dict(transformer.config).items()
+        if not key.startswith("_") and key != "quantization_config"
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def lora_target_regex(modules: Sequence[str]) -> str:

@@ -1,31 +1,84 @@
-"""LoRA adapters on the FLUX transformer: add one, save it in diffusers' format, read it back checked.
+"""LoRA adapters on the FLUX transformer: add one, save it with the record of how it runs, read both back checked.
 
 Both training stages use these: SFT trains ``coldstart``, NFT trains ``rl`` (with ``old``, its
-slow copy) over the frozen ``coldstart``. Beside each ``pytorch_lora_weights.safetensors`` a
-small ``seminft_lora.json`` records how the adapter was trained (``lora_on``), because a LoRA
-trained on the main branch only must also run that way at inference: the pipeline reads it.
+slow copy) over the frozen ``coldstart``. A LoRA only means what it was trained to mean under the
+settings it was trained with: its scale (alpha / rank), the branches it acts on, the conditions'
+timestep, the working pixel area and resize rule, the prompt and the base model. `LoraRecord` holds
+them. `save_lora` writes it twice: inside the safetensors header (beside diffusers' own
+``lora_adapter_metadata``, so the file carries it wherever it goes) and as ``seminft_lora.json``
+beside the file (for people and tools). Every loader restores it (`read_record`), and stacked
+LoRAs whose records disagree are refused (`check_compatible`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from seminft_bench.errors import first_few
-from seminft_bench.fileio import atomic_write_text
+from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
 from seminft_bench.model.components import lora_target_regex
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-TRAINING_FILE = "seminft_lora.json"
+RECORD_FILE = "seminft_lora.json"
+RECORD_KEY = "seminft_lora"
+"""The safetensors header entry that holds the record (diffusers' own entry is ``lora_adapter_metadata``)."""
 LoraOn = Literal["all", "main"]
 
 
 class LoraMismatchError(ValueError):
-    """A LoRA file whose layers or shapes do not belong to this transformer or this run's LoRA settings."""
+    """A LoRA that does not fit this transformer, this run's LoRA settings, or the LoRAs stacked with it."""
+
+
+@dataclass(frozen=True)
+class LoraRecord:
+    """Everything that decides how a LoRA runs, saved with it and restored wherever it is loaded."""
+
+    lora_on: LoraOn
+    """The tokens it acts on: every branch, or the main one (its condition pass runs without it)."""
+    condition_timestep: float | None
+    """The t of the reference and source branches; None: the noisy branch's t."""
+    pixel_area: int
+    """The working area every image is resized to (aspect kept)."""
+    resize: str
+    """The rule that gets an image to that area (`pipeline.RESIZE_RULE`)."""
+    prompt: str | None
+    """The task description; None when it was trained on per-sample prompts (inference then needs one)."""
+    prompt_key: str | None
+    """The cache key of the prompt's embeddings: the text and the text encoders' identity."""
+    base: str
+    """The base model it was trained on, as named (a hub id, a folder or ``tiny:SEED``)."""
+    base_identity: str
+    """A hash of the base transformer's config (`components.base_identity`): the same model wherever it lies."""
+    kind: str = ""
+    """The training stage that made it (``sft``, ``nft``)."""
+    step: int = 0
+    """Optimizer steps taken when it was saved."""
+    peft: dict = field(default_factory=dict)
+    """rank ``r``, ``lora_alpha`` and ``target_modules``, as peft's `LoraConfig` names them (filled on save)."""
+
+    SHARED = ("base_identity", "condition_timestep", "pixel_area", "resize", "prompt")
+    """The settings that LoRAs stacked on one pipeline must share (``lora_on`` and the rank may differ)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> LoraRecord:
+        try:
+            data = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            record = cls(**{key: value for key, value in data.items() if key in known})
+        except (ValueError, TypeError) as error:
+            raise LoraMismatchError(f"{source}: unreadable LoRA record ({error})") from None
+        if record.lora_on not in ("all", "main"):
+            raise LoraMismatchError(f"{source}: lora_on must be 'all' or 'main', got {record.lora_on!r}")
+        return record
 
 
 def add_lora(
@@ -56,18 +109,77 @@ def lora_state(flux: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
     return get_peft_model_state_dict(flux, adapter_name=adapter)
 
 
-def save_lora(flux: torch.nn.Module, folder: Path, adapter: str, *, lora_on: LoraOn = "all") -> Path:
-    """``folder/pytorch_lora_weights.safetensors`` in diffusers' format (rank and alpha as metadata),
-    and ``folder/seminft_lora.json`` with ``lora_on``."""
+def save_lora(flux: torch.nn.Module, folder: Path, adapter: str, record: LoraRecord) -> Path:
+    """``folder/pytorch_lora_weights.safetensors`` in diffusers' format, written atomically, with ``record`` (its
+    peft part filled from ``adapter``'s config) in the header and in ``folder/seminft_lora.json``."""
     from diffusers import FluxPipeline
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors.torch import save
+
+    peft = flux.peft_config[adapter].to_dict()
+    peft = {key: sorted(value) if isinstance(value, set) else value for key, value in peft.items()}
+    record = replace(record, peft={key: peft[key] for key in ("r", "lora_alpha", "target_modules")})
+    header = {
+        "format": "pt",
+        # what diffusers' own save writes: peft's config under the transformer's prefix
+        LORA_ADAPTER_METADATA_KEY: json.dumps({f"transformer.{k}": v for k, v in peft.items()}, indent=2, sort_keys=True),
+        RECORD_KEY: record.to_json(),
+    }
+
+    def write(tensors: dict[str, torch.Tensor], filename: str) -> None:
+        atomic_write_bytes(filename, save({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
 
     FluxPipeline.save_lora_weights(
         folder,
         transformer_lora_layers={name: tensor.detach().cpu() for name, tensor in lora_state(flux, adapter).items()},
-        transformer_lora_adapter_metadata=flux.peft_config[adapter].to_dict(),
+        save_function=write,
     )
-    atomic_write_text(folder / TRAINING_FILE, json.dumps({"adapter": adapter, "lora_on": lora_on}) + "\n")
+    atomic_write_text(folder / RECORD_FILE, json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
     return folder / LORA_FILE
+
+
+def weights_file(path: str | Path) -> Path:
+    """The LoRA file of ``path`` (a folder holding ``pytorch_lora_weights.safetensors``, or that file)."""
+    path = Path(path)
+    return path / LORA_FILE if path.is_dir() else path
+
+
+def read_record(path: str | Path) -> LoraRecord | None:
+    """The record of the LoRA at ``path``: from its safetensors header, else from ``seminft_lora.json`` beside it
+    (files of older versions, which hold ``lora_on`` only, give None and say so). None for a LoRA made elsewhere."""
+    from safetensors import SafetensorError, safe_open
+
+    file = weights_file(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no LoRA there (expected {LORA_FILE} in a folder, or a .safetensors file)")
+    try:
+        with safe_open(file, framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        raise LoraMismatchError(f"{file}: not a readable safetensors LoRA file ({error})") from None
+    if RECORD_KEY in header:
+        return LoraRecord.from_json(header[RECORD_KEY], str(file))
+    beside = file.parent / RECORD_FILE
+    if not beside.is_file():
+        return None
+    data = json.loads(beside.read_text(encoding="utf-8") or "{}")
+    if "base_identity" not in data:
+        raise LoraMismatchError(
+            f"{beside}: a LoRA record of an older seminft-train, without the settings it was trained under "
+            "(condition timestep, working area, prompt, base); retrain it, or remove that file to load it as a plain LoRA"
+        )
+    return LoraRecord.from_json(beside.read_text(encoding="utf-8"), str(beside))
+
+
+def check_compatible(records: Sequence[tuple[str, LoraRecord]]) -> None:
+    """Refuse ``(label, record)`` pairs that disagree on a `LoraRecord.SHARED` setting, naming both and the setting."""
+    for (label, record), (other_label, other) in zip(records, records[1:]):
+        for name in LoraRecord.SHARED:
+            if getattr(record, name) != getattr(other, name):
+                raise LoraMismatchError(
+                    f"{label} and {other_label} differ in {name} ({getattr(record, name)!r} and "
+                    f"{getattr(other, name)!r}): a LoRA runs only under the settings it was trained with"
+                )
 
 
 def read_lora(folder: Path, flux: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -104,30 +216,12 @@ def load_lora_state(flux: torch.nn.Module, folder: Path, adapter: str) -> None:
         raise LoraMismatchError(f"{folder}: unexpected LoRA keys {incompatible.unexpected_keys[:3]}")
 
 
-def trained_on(path: Path) -> LoraOn:
-    """The ``lora_on`` a LoRA (folder or weights file) was trained with: ``all`` unless its ``seminft_lora.json`` says."""
-    record = (path if path.is_dir() else path.parent) / TRAINING_FILE
-    if not record.is_file():
-        return "all"
-    try:
-        lora_on = json.loads(record.read_text(encoding="utf-8"))["lora_on"]
-    except (ValueError, KeyError, TypeError):
-        raise LoraMismatchError(f"{record}: unreadable; it should hold {{\"lora_on\": \"all\" or \"main\"}}") from None
-    if lora_on not in ("all", "main"):
-        raise LoraMismatchError(f"{record}: lora_on must be 'all' or 'main', got {lora_on!r}")
-    return lora_on
-
-
 def adapter_parameters(flux: torch.nn.Module, adapter: str) -> list[torch.nn.Parameter]:
     """``adapter``'s LoRA weights, in module order (so two adapters' lists pair up tensor by tensor)."""
     return [parameter for name, parameter in flux.named_parameters() if f".{adapter}." in f"{name}."]
 
 
 def set_trainable(flux: torch.nn.Module, adapter: str | None) -> None:
-    """Only ``adapter``'s LoRA weights require gradients (None: nothing does).
-
-    peft marks an adapter trainable whenever it is activated (``set_adapters``), and the others
-    frozen: call this after every switch, or a frozen LoRA starts to learn.
-    """
+    """Only ``adapter``'s LoRA weights require gradients (None: nothing does)."""
     for name, parameter in flux.named_parameters():
         parameter.requires_grad_(adapter is not None and "lora_" in name and f".{adapter}." in f"{name}.")

@@ -51,19 +51,20 @@ class Ours(Method):
         return cls(**options, device=context.device)
 
     def prepare(self, bench_set: BenchSet) -> None:
-        from seminft_bench.model.pipeline import DEFAULT_PIXEL_AREA, TINY_PIXEL_AREA, SemiNFTPipeline
+        from seminft_bench.model.lora import LoraMismatchError
+        from seminft_bench.model.pipeline import SemiNFTPipeline
 
         missing = [str(p) for p in self.lora if not p.exists()]
         if missing:
             raise MethodUnavailable(f"ours: no LoRA at {', '.join(missing)}")
-        area = self.pixel_area or (TINY_PIXEL_AREA if self.base.startswith("tiny:") else DEFAULT_PIXEL_AREA)
-        try:
-            self.pipe = SemiNFTPipeline.from_pretrained(self.base, self.lora, device=self.device, pixel_area=area)
-        except MissingWeightsError as error:
+        try:  # the LoRAs' records set the condition timestep, the prompt and the working area
+            self.pipe = SemiNFTPipeline.from_pretrained(self.base, self.lora, device=self.device, pixel_area=self.pixel_area)
+        except (MissingWeightsError, LoraMismatchError) as error:
             raise MethodUnavailable(f"ours: {error}") from error
 
     def settings(self) -> dict:
-        """Base, each LoRA's SHA-256, steps, guidance, seed, pixel area and prompt: a changed LoRA is run again."""
+        """Base, each LoRA's SHA-256, steps, guidance, seed, and the settings the pipeline runs under (from the LoRAs'
+        records: pixel area, prompt, condition timestep): a changed LoRA is run again."""
         pipe = self.pipe
         return {
             **super().settings(), "base": self.base, "lora": pipe.lora_hashes() if pipe else [str(p) for p in self.lora],
