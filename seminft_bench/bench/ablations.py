@@ -53,8 +53,9 @@ def run_ablations(
 ):
     """Train what is missing, then benchmark every row; returns the benchmark's `RunSummary`."""
     from seminft_bench.bench.runner import RunOptions, run_benchmark
-    from seminft_bench.model import sft
     from seminft_bench.model.nft import train_nft
+    from seminft_bench.model.sft import train_sft
+    from seminft_bench.model.training import base_model
 
     if not (config.out and config.sft and config.nft):
         raise ConfigError("the ablations config needs out, sft and nft (the two stages' config files)")
@@ -63,7 +64,7 @@ def run_ablations(
         raise ConfigError(f"unknown ablation rows {unknown}; known: {', '.join(ROWS)}")
     out = Path(config.out)
     sft_config = load_config(config.sft, SFTConfig).override(out=str(out / "sft"))
-    base = sft.base_model(sft_config, tiny)
+    base = base_model(sft_config, tiny)
     nft_config = load_config(config.nft, NFTConfig).override(coldstart_lora=str(out / "sft"), base=base)
     if "w-o-offline" in config.rows and not nft_config.offline_samples:
         raise ConfigError(f"{config.nft} sets no offline_samples: the SemiNFT and w/o offline rows would be one run")
@@ -71,7 +72,7 @@ def run_ablations(
         raise ConfigError(f"{config.nft} trains on the cold-start set already: w/o realistic dataset would change nothing")
     check_same_run(sft_config, out / "sft")
     log(f"cold-start SFT -> {out / 'sft'}")
-    sft.train_sft(sft_config, tiny=tiny, resume="latest", cache_dir=cache_dir)
+    train_sft(sft_config, tiny=tiny, resume="latest", cache_dir=cache_dir)
 
     method_options = {}
     for name in config.rows:

@@ -317,7 +317,7 @@ def write_example_offline_samples(pairs: str | os.PathLike, out: str | os.PathLi
     from seminft_bench.colorstats import reinhard_transfer
     from seminft_bench.fileio import atomic_write_text
     from seminft_bench.imaging import write_png
-    from seminft_bench.model.sft import iter_rows, resolve_dataset, split_shards
+    from seminft_bench.model.training import iter_rows, resolve_dataset, split_shards
 
     root, out = resolve_dataset(pairs), Path(out)
     records = []
