@@ -32,7 +32,7 @@ demo: setup
 	@echo "...then a few tiny DiffusionNFT steps on the demo RL pairs, with example offline anchors (scored by rule)"
 	$(VENV)/bin/seminft-train offline-example --pairs $(DEMO)/rl --out $(DEMO)/offline --count 2
 	$(VENV)/bin/seminft-train nft --tiny --dataset $(DEMO)/rl --coldstart-lora $(DEMO)/sft --reward color-stats \
-		--offline-samples $(DEMO)/offline/offline.jsonl --max-steps 2 --out $(DEMO)/nft --resume latest
+		--offline-samples $(DEMO)/offline/offline.jsonl --max-steps 2 --groups-per-step 1 --out $(DEMO)/nft --resume latest
 	@echo "Restoration smoke run (paper 4.3): tiny random text-to-image model and 'ours', one fixed prompt (no VLM here)"
 	$(VENV)/bin/seminft-bench restore --source $(DEMO)/photos/chelsea-1-bw-soft-fade.png --out $(DEMO)/restore \
 		--prompt "a photorealistic colour photograph of a tabby cat, warm indoor light" --t2i tiny:0 --t2i-steps 4 $(OURS)

@@ -20,7 +20,7 @@ def configs(tmp_path, **nft_overrides) -> AblationsConfig:
     offline = write_offline(tmp_path / "offline", pairs)
     sft_file = save_config(tiny_config(coldstart, tmp_path / "unused", steps=4), tmp_path / "sft.yaml")
     nft = NFTConfig().override(**{**dict(
-        dataset=str(pairs), offline_samples=str(offline), steps=2, group_online=3, group_offline=2, rollout_steps=2,
+        dataset=str(pairs), offline_samples=str(offline), steps=2, groups_per_step=1, group_online=3, group_offline=2, rollout_steps=2,
         reward="color-stats", lora_rank=4, lora_alpha=4, resolution=48, learning_rate=1e-2, validate_every=1000,
         checkpoint_every=1000), **nft_overrides})  # fmt: skip
     nft_file = save_config(nft, tmp_path / "nft.yaml")

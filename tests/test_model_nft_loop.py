@@ -11,12 +11,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from seminft_bench.imaging import sample_photo
-from seminft_bench.model.components import tiny_components
 from seminft_bench.model.config import NFTConfig, SFTConfig
 from seminft_bench.model.lora import LORA_FILE, lora_state, save_lora
 from seminft_bench.model.nft import train_nft
 from seminft_bench.model.pipeline import SemiNFTPipeline
 from seminft_bench.model.sft import ADAPTER, add_coldstart_lora
+from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -24,29 +24,34 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 def write_pairs(folder: Path, with_targets: bool = False) -> Path:
     """An RL-pairs folder (the `build-rl` columns training reads: id, source, reference), or with
     ``with_targets`` a cold-start-like one (a target column too)."""
-    rows = {"id": [], "source": [], "reference": [], **({"target": []} if with_targets else {})}
+    rows = {"id": [], "prompt": [], "source": [], "reference": [], **({"target": []} if with_targets else {})}
     for i, name in enumerate(PHOTOS):
         rows["id"].append(f"pair-{i}")
+        rows["prompt"].append(TASK_PROMPT)
         rows["source"].append(Image.fromarray(sample_photo(name)).resize((48, 32)))
         rows["reference"].append(Image.fromarray(sample_photo(PHOTOS[(i + 1) % 4])).resize((32, 32)))
         if with_targets:
             rows["target"].append(rows["source"][-1].convert("L").convert("RGB"))
-    features = datasets.Features({key: datasets.Value("string") if key == "id" else datasets.Image() for key in rows})
+    features = datasets.Features({key: datasets.Value("string") if key in ("id", "prompt") else datasets.Image() for key in rows})
     (folder / "data").mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
     return folder
 
 
-def write_coldstart_lora(folder: Path) -> Path:
-    """A cold-start LoRA with non-zero weights (so freezing it is visible) for the tiny:0 transformer."""
-    flux = tiny_components(0).transformer
-    add_coldstart_lora(flux, SFTConfig(lora_rank=4, lora_alpha=4))
+def write_coldstart_lora(folder: Path, **settings) -> Path:
+    """A cold-start LoRA with non-zero weights (so freezing it is visible) for the tiny:0 transformer, recorded as
+    trained at 48² with the unified prompt (or other pipeline ``settings``)."""
+    pipe = SemiNFTPipeline.tiny(0, pixel_area=48 * 48)
+    for name, value in settings.items():
+        setattr(pipe, name, value)
+    flux = pipe.components.transformer
+    add_coldstart_lora(flux, SFTConfig(lora_rank=4, lora_alpha=8))
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, parameter in flux.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    save_lora(flux, folder, ADAPTER)
+    save_lora(flux, folder, ADAPTER, pipe.record("all", "sft", 1))
     return folder
 
 
@@ -74,8 +79,8 @@ def config(inputs, out, **overrides) -> NFTConfig:
     pairs, coldstart, offline = inputs
     settings = dict(
         dataset=str(pairs), coldstart_lora=str(coldstart), offline_samples=str(offline), out=str(out), base="tiny:0",
-        steps=3, group_online=3, group_offline=2, rollout_steps=2, reward="color-stats", lora_rank=4, lora_alpha=4,
-        resolution=48, learning_rate=1e-2, validate_every=1000, checkpoint_every=1000,
+        steps=3, groups_per_step=1, group_online=3, group_offline=2, rollout_steps=2, reward="color-stats", lora_rank=4,
+        lora_alpha=4, resolution=48, learning_rate=1e-2, validate_every=1000, checkpoint_every=1000,
     )
     return NFTConfig().override(**{**settings, **overrides})
 
@@ -119,7 +124,8 @@ def test_nft_raises_the_colour_reward_on_a_fixed_pair(tmp_path):
     (tmp_path / "pair" / "data").mkdir(parents=True)
     datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "pair" / "data" / "train-00000-of-00001.parquet")
     settings = NFTConfig().override(
-        dataset=str(tmp_path / "pair"), out=str(tmp_path / "run"), base="tiny:0", init="base", steps=40, group_online=6,
+        dataset=str(tmp_path / "pair"), out=str(tmp_path / "run"), base="tiny:0", init="base", prompt=TASK_PROMPT,
+        steps=40, groups_per_step=1, group_online=6,
         group_offline=0, rollout_steps=2, reward="color-stats", lora_rank=4, lora_alpha=4, resolution=32,
         learning_rate=3e-2, validate_every=20, checkpoint_every=1000,
     )  # fmt: skip
@@ -159,13 +165,18 @@ def test_cli_steps_zero_without_offline_saves_the_untrained_rl_lora(inputs, tmp_
     out = tmp_path / "w-o-rl"
     result = CliRunner().invoke(app, [
         "nft", "--tiny", "--dataset", str(inputs[0]), "--coldstart-lora", str(inputs[1]), "--reward", "color-stats",
-        "--offline-samples", str(inputs[2]), "--no-offline", "--max-steps", "0", "--out", str(out),
+        "--offline-samples", str(inputs[2]), "--no-offline", "--max-steps", "0", "--resolution", "48", "--out", str(out),
         "--cache", str(tmp_path / "cache"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     rl = load_file(out / LORA_FILE)
     assert all(bool((t == 0).all()) for k, t in rl.items() if "lora_B" in k)  # no step: B keeps its zero init
     assert "offline_samples: null" in (out / "config.yaml").read_text()
+    elsewhere = CliRunner().invoke(app, [  # at the default working area, not the cold-start LoRA's 48²
+        "nft", "--tiny", "--dataset", str(inputs[0]), "--coldstart-lora", str(inputs[1]), "--reward", "color-stats",
+        "--max-steps", "0", "--out", str(tmp_path / "y"), "--cache", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    assert elsewhere.exit_code == 2 and "differ in pixel_area (2304 and 4096)" in elsewhere.output
     bad = CliRunner().invoke(app, ["nft", "--tiny", "--dataset", str(inputs[0]), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "coldstart_lora" in bad.output
 
@@ -196,7 +207,7 @@ def test_two_cpu_processes_train_one_rl_lora(inputs, tmp_path):
     from seminft_bench.model.config import save_config
 
     out = tmp_path / "ddp"
-    config_file = save_config(config(inputs, out, steps=2), tmp_path / "nft.yaml")
+    config_file = save_config(config(inputs, out, steps=2, groups_per_step=2), tmp_path / "nft.yaml")
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -217,12 +228,12 @@ def test_two_cpu_processes_train_one_rl_lora(inputs, tmp_path):
     assert len(lines) == 2 and all(np.isfinite(line["reward/online_raw"]) for line in lines)
 
 
-@pytest.mark.parametrize("variant", ["init base", "cold-start pairs", "kl and adaptive weighting"])
+@pytest.mark.parametrize("variant", ["init base", "cold-start pairs", "kl and plain eq. 1"])
 def test_table_3_ablations_train(inputs, tmp_path, variant):
     if variant == "init base":  # "w/o cold-start": the rl LoRA on the bare base
         settings = config(inputs, tmp_path / "run", steps=1, init="base", coldstart_lora=None)
-    elif variant == "kl and adaptive weighting":  # DiffusionNFT's options, off by default
-        settings = config(inputs, tmp_path / "run", steps=1, kl_weight=0.1, adaptive_weighting=True)
+    elif variant == "kl and plain eq. 1":  # the KL term on, the reference's adaptive weighting off
+        settings = config(inputs, tmp_path / "run", steps=1, kl_weight=0.1, adaptive_weighting=False)
     else:  # "w/o realistic dataset": the synthetic cold-start pairs instead of the RL pairs
         settings = config(inputs, tmp_path / "run", steps=1, dataset=str(write_pairs(tmp_path / "cs", with_targets=True)))
     out = train_nft(settings, tiny=True, cache_dir=tmp_path / "cache")

@@ -65,7 +65,8 @@ def nft_command(
     no_offline: bool = typer.Option(False, "--no-offline", help="Online samples only (Table 3's 'w/o offline samples')."),
     init: Optional[str] = typer.Option(None, help="coldstart | base (no cold-start LoRA: Table 3's 'w/o cold-start')."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random FLUX on the CPU: the whole loop in seconds."),
-    max_steps: Optional[int] = typer.Option(None, min=0, help="Iterations (0: the untrained rl LoRA, 'w/o RL')."),
+    max_steps: Optional[int] = typer.Option(None, min=0, help="Optimizer steps (0: the untrained rl LoRA, 'w/o RL')."),
+    groups_per_step: Optional[int] = typer.Option(None, min=1, help="Pairs (one group each) per optimizer step, over all processes."),
     resume: Optional[str] = typer.Option(None, help="latest (newest checkpoint in OUT, if any) or a checkpoint folder."),
     base: Optional[str] = typer.Option(None, help="Base model: cached hub id, diffusers folder, or tiny:SEED."),
     reward_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server (vLLM, SGLang) serving the reward VLM."),
@@ -79,7 +80,8 @@ def nft_command(
 
     flags = dict(
         dataset=dataset, coldstart_lora=coldstart_lora, out=str(out) if out else None, reward=reward,
-        offline_samples=offline_samples, init=init, steps=max_steps, base=base, reward_base_url=reward_base_url,
+        offline_samples=offline_samples, init=init, steps=max_steps, groups_per_step=groups_per_step, base=base,
+        reward_base_url=reward_base_url,
         resolution=resolution, seed=seed,
     )
     try:

@@ -122,8 +122,11 @@ class NFTConfig(Overridable):
     over the frozen cold-start one.
 
     From the paper: G = 9 (online + offline) per group, T = 6 rollout steps, Qwen3-VL-8B reward.
-    From DiffusionNFT's reference code: β = 1, the old policy's decay ramp (0.001 per epoch up to
-    0.5), the learning rate, training on every rollout timestep. The rest as for SFT.
+    From DiffusionNFT's reference code (``config/nft.py``, ``scripts/train_nft_sd3.py``): β = 1, the
+    adaptive x0-space weighting and the policy term's scale 5 / β, the old policy's decay ramp (0.001 per
+    optimizer step up to 0.5), the samples per optimizer step, AdamW's settings, the learning rate and
+    the LoRA's rank and alpha, training at every rollout noise level. ``configs/nft.yaml`` gives each
+    default's source, and says where and why ours differ.
     """
 
     dataset: str | None = None
@@ -135,12 +138,15 @@ class NFTConfig(Overridable):
     """``base``: no cold-start LoRA (Table 3's "w/o cold-start")."""
     base: str = DEFAULT_BASE
     prompt: str | None = None
-    """None uses the dataset's ``prompt`` column, else the cold-start set's unified prompt."""
+    """The task description for every pair; None uses the dataset's ``prompt`` column."""
 
     steps: int = 300
-    """Iterations (rollout, reward, one optimizer step, soft update); 0 saves the untouched LoRA ("w/o RL")."""
-    pairs_per_step: int = 1
-    """(source, reference) pairs per iteration and process, each with its own group."""
+    """Optimizer steps (each: rollouts, rewards, the loss, one AdamW step, the soft update); 0 saves the
+    untouched LoRA ("w/o RL")."""
+    groups_per_step: int = 128
+    """(source, reference) pairs per optimizer step over all processes, each with its own group; their
+    gradients accumulate into one update. 128 groups of G = 9 are 1,152 samples per update, the reference's
+    48 prompts × 24 images; on the paper's 2 GPUs, 64 groups per GPU."""
     group_online: int = 6
     group_offline: int = 3
     offline_samples: str | None = None
@@ -158,7 +164,10 @@ class NFTConfig(Overridable):
     """An OpenAI-compatible server (vLLM, SGLang) serving the reward model; None runs it locally."""
 
     beta: float = 1.0
-    adaptive_weighting: bool = False
+    adaptive_weighting: bool = True
+    loss_scale: float = 5.0
+    """The policy term is multiplied by loss_scale / β: the reference's adv_clip_max (5) over its β. Under AdamW a
+    constant factor changes only how often ``max_grad_norm`` clips."""
     kl_weight: float = 0.0
     decay_rate: float = 0.001
     decay_max: float = 0.5
@@ -166,8 +175,8 @@ class NFTConfig(Overridable):
     max_grad_norm: float = 1.0
     seed: int = 0
 
-    lora_rank: int = 16
-    lora_alpha: int = 16
+    lora_rank: int = 32
+    lora_alpha: int = 64
     lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES
     lora_on: Literal["all", "main"] = "all"
 
