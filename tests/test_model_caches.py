@@ -144,9 +144,9 @@ def test_latents_are_reused_across_instances_and_not_across_vaes(tmp_path):
 def test_every_part_of_the_key_makes_its_own_entry(tmp_path):
     cache = LatentCache(tmp_path, "vae0")
     cache.put(key(), torch.zeros(4, 2, 2))
-    assert cache.get(key()) is not None
+    assert cache.get(key()) is not None and key() in cache
     for other in (key(image="img-b"), key(size=(32, 48)), key(resize="another rule")):
-        assert cache.get(other) is None, other
+        assert cache.get(other) is None and other not in cache, other
 
 
 def test_shuffled_order_pairs_each_sample_with_its_own_latents(tmp_path):

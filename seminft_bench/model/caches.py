@@ -300,6 +300,10 @@ class LatentCache:
     def path(self, key: LatentKey) -> Path:
         return self.folder / f"{_digest(key.fields())}.safetensors"
 
+    def __contains__(self, key: LatentKey) -> bool:
+        """Whether ``key`` is cached, without reading it (a rerun checks every image of a set this way)."""
+        return self.path(key).exists()
+
     def get(self, key: LatentKey) -> torch.Tensor | None:
         """The cached latents (on the CPU), or None when ``key`` is not cached."""
         path = self.path(key)

@@ -162,13 +162,13 @@ def read_record(path: str | Path) -> LoraRecord | None:
     beside = file.parent / RECORD_FILE
     if not beside.is_file():
         return None
-    data = json.loads(beside.read_text(encoding="utf-8") or "{}")
-    if "base_identity" not in data:
+    text = beside.read_text(encoding="utf-8")
+    if '"base_identity"' not in text:
         raise LoraMismatchError(
             f"{beside}: a LoRA record of an older seminft-train, without the settings it was trained under "
             "(condition timestep, working area, prompt, base); retrain it, or remove that file to load it as a plain LoRA"
         )
-    return LoraRecord.from_json(beside.read_text(encoding="utf-8"), str(beside))
+    return LoraRecord.from_json(text, str(beside))
 
 
 def check_compatible(records: Sequence[tuple[str, LoraRecord]]) -> None:

@@ -206,13 +206,13 @@ def cache_latents(
     root: Path, split: str, samples: list[Sample], pipe: SemiNFTPipeline, cache: LatentCache, roles: tuple[str, ...]
 ) -> int:
     """Encode every image of ``roles`` whose latents ``cache`` lacks; returns how many were encoded."""
-    todo = {sample.id: sample for sample in samples if any(cache.get(latent_key(sample, r, pipe)) is None for r in roles)}
+    todo = {sample.id: sample for sample in samples if any(latent_key(sample, r, pipe) not in cache for r in roles)}
     encoded = 0
     for row in iter_rows(split_shards(root, split), ["id", *roles]) if todo else ():
         sample = todo.get(str(row["id"]))
         for role in roles if sample else ():
             key = latent_key(sample, role, pipe)
-            if cache.get(key) is None:
+            if key not in cache:
                 cache.put(key, pipe.encode_image(read_image(row[role]["bytes"], name=f"{sample.id}/{role}")))
                 encoded += 1
     return encoded
