@@ -67,6 +67,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of `atomic_write_bytes` that a killed writer left anywhere under ``folder``.
+
+    Call it only while holding the folder's `FolderLock`: the temporary files of a live writer look the same.
+    Returns what was removed."""
+    removed = [path for path in Path(folder).rglob(".*.tmp") if path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 class FolderLocked(RuntimeError):
     """Another live process is writing the folder."""
 
