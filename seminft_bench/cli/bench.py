@@ -102,6 +102,8 @@ def _ours_variants(variants: list[str]) -> dict[str, dict]:
 
 
 def _ours_options(config: Path | None, **flags) -> dict:
+    """The options of ``ours`` from ``config`` and the flags (which win); a bad LoRA path stops the command here,
+    before any work, rather than leaving the method's cells uncomputed at the end of a run."""
     from seminft_bench.bench.methods.ours import read_options
 
     try:
@@ -110,7 +112,14 @@ def _ours_options(config: Path | None, **flags) -> dict:
         fail(error)
     options.update({key: value for key, value in flags.items() if value not in (None, [])})
     if "lora" in options:
+        from seminft_bench.model.lora import LoraFileError, lora_file
+
         options["lora"] = [str(path) for path in options["lora"]]
+        try:
+            for path in options["lora"]:
+                lora_file(path)
+        except LoraFileError as error:
+            fail(error)
     return options
 
 

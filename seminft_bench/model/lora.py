@@ -7,7 +7,8 @@ timestep, the working pixel area and resize rule, the prompt and the base model.
 them. `save_lora` writes it twice: inside the safetensors header (beside diffusers' own
 ``lora_adapter_metadata``, so the file carries it wherever it goes) and as ``seminft_lora.json``
 beside the file (for people and tools). Every loader restores it (`read_record`), and stacked
-LoRAs whose records disagree are refused (`check_compatible`).
+LoRAs whose records disagree are refused (`check_compatible`). `lora_file` checks first that a path holds a
+whole LoRA file, so a wrong path or a cut file fails in one line that names it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ LoraOn = Literal["all", "main"]
 
 class LoraMismatchError(ValueError):
     """A LoRA that does not fit this transformer, this run's LoRA settings, or the LoRAs stacked with it."""
+
+
+class LoraFileError(ValueError):
+    """A LoRA path that holds no whole LoRA file: nothing there, a folder of something else, a cut or corrupt file."""
 
 
 @dataclass(frozen=True)
@@ -144,19 +149,60 @@ def weights_file(path: str | Path) -> Path:
     return path / LORA_FILE if path.is_dir() else path
 
 
+def lora_file(path: str | Path) -> Path:
+    """The LoRA file at ``path`` (a folder holding ``pytorch_lora_weights.safetensors``, or that file), checked whole.
+
+    Loaders and the command lines call this before anything else: diffusers takes a missing path for a hub
+    id and fails without naming it, and a file cut by a kill or a partial copy fails deep inside safetensors.
+    Raises `LoraFileError` naming the path and what is missing or broken.
+    """
+    path = Path(path)
+    file = weights_file(path)
+    if not path.exists():
+        raise LoraFileError(f"{path}: no such LoRA file or folder")
+    if not file.is_file():
+        raise LoraFileError(f"{path}: a folder without {LORA_FILE} (not a LoRA run's folder)")
+    problem = _safetensors_problem(file)
+    if problem:
+        raise LoraFileError(f"{file}: not a readable safetensors file (truncated or corrupt: {problem})")
+    return file
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """What makes ``file`` no whole safetensors file, or None.
+
+    The header's length and the tensors' data offsets are checked against the file's size: a file cut
+    anywhere, in its header or in its tensor data, is caught without reading the tensors.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        start = handle.read(8)
+        if len(start) < 8:
+            return f"{size} bytes, too short for a safetensors header"
+        length = int.from_bytes(start, "little")
+        if 8 + length > size:
+            return f"{size} bytes, cut inside its {length}-byte header"
+        try:
+            header = json.loads(handle.read(length))
+            ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            return f"unreadable header ({error})"
+    expected = 8 + length + max(ends, default=0)
+    return None if size == expected else f"{size} bytes, its header describes {expected}"
+
+
 def read_record(path: str | Path) -> LoraRecord | None:
-    """The record of the LoRA at ``path``: from its safetensors header, else from ``seminft_lora.json`` beside it
-    (files of older versions, which hold ``lora_on`` only, give None and say so). None for a LoRA made elsewhere."""
+    """The record of the LoRA at ``path`` (checked by `lora_file`): from its safetensors header, else from
+    ``seminft_lora.json`` beside it (files of older versions, which hold ``lora_on`` only, give None and say so).
+    None for a LoRA made elsewhere."""
     from safetensors import SafetensorError, safe_open
 
-    file = weights_file(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no LoRA there (expected {LORA_FILE} in a folder, or a .safetensors file)")
+    file = lora_file(path)
     try:
         with safe_open(file, framework="pt") as handle:
             header = handle.metadata() or {}
     except (OSError, SafetensorError) as error:
-        raise LoraMismatchError(f"{file}: not a readable safetensors LoRA file ({error})") from None
+        raise LoraFileError(f"{file}: not a readable safetensors file ({error})") from None
     if RECORD_KEY in header:
         return LoraRecord.from_json(header[RECORD_KEY], str(file))
     beside = file.parent / RECORD_FILE

@@ -30,7 +30,7 @@ from seminft_bench.imaging import ImageSource, read_image, to_array
 from seminft_bench.model.caches import PromptEmbeddings, PromptEncoder
 from seminft_bench.model.components import DEFAULT_BASE, FluxComponents, base_identity
 from seminft_bench.model.conditioning import image_ids, pack_latents, unpack_latents
-from seminft_bench.model.lora import LoraMismatchError, LoraRecord, check_compatible, read_record, weights_file
+from seminft_bench.model.lora import LoraMismatchError, LoraRecord, check_compatible, lora_file, read_record, weights_file
 from seminft_bench.model.transformer import ConditionCache, SemiNFTTransformer
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
@@ -145,14 +145,15 @@ class SemiNFTPipeline:
         from diffusers import FluxPipeline
 
         path = Path(path)
-        record = read_record(path)
+        file = lora_file(path)  # before diffusers, which names neither a missing path nor a cut file
+        record = read_record(file)
         state_dict, alphas, metadata = FluxPipeline.lora_state_dict(
             str(path), return_alphas=True, return_lora_metadata=True
         )
         check_lora_fits({key.removeprefix("transformer."): value for key, value in state_dict.items()},
                         self.components.transformer, path)  # fmt: skip
         if record is not None:
-            self._check(record, str(weights_file(path)))
+            self._check(record, str(file))
         FluxPipeline.load_lora_into_transformer(
             state_dict, network_alphas=alphas or None, transformer=self.components.transformer,
             adapter_name=adapter_name, metadata=metadata,
@@ -160,7 +161,7 @@ class SemiNFTPipeline:
         self.lora_files[adapter_name] = path
         self.lora_on[adapter_name] = record.lora_on if record else "all"
         if record is not None:  # run as trained
-            self.records[adapter_name] = (str(weights_file(path)), record)
+            self.records[adapter_name] = (str(file), record)
             self.condition_timestep, self.pixel_area, self.prompt_text = (
                 record.condition_timestep, record.pixel_area, record.prompt
             )

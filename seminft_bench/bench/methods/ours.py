@@ -51,15 +51,15 @@ class Ours(Method):
         return cls(**options, device=context.device)
 
     def prepare(self, bench_set: BenchSet) -> None:
-        from seminft_bench.model.lora import LoraMismatchError
+        from seminft_bench.model.lora import LoraFileError, LoraMismatchError, lora_file
         from seminft_bench.model.pipeline import SemiNFTPipeline
 
-        missing = [str(p) for p in self.lora if not p.exists()]
-        if missing:
-            raise MethodUnavailable(f"ours: no LoRA at {', '.join(missing)}")
-        try:  # the LoRAs' records set the condition timestep, the prompt and the working area
+        try:
+            for path in self.lora:  # before the base, which takes minutes to load
+                lora_file(path)
+            # the LoRAs' records set the condition timestep, the prompt and the working area
             self.pipe = SemiNFTPipeline.from_pretrained(self.base, self.lora, device=self.device, pixel_area=self.pixel_area)
-        except (MissingWeightsError, LoraMismatchError) as error:
+        except (MissingWeightsError, LoraFileError, LoraMismatchError) as error:
             raise MethodUnavailable(f"ours: {error}") from error
 
     def settings(self) -> dict:
