@@ -355,6 +355,16 @@ def test_limit_into_a_larger_folder_reports_only_the_current_samples(tmp_path, b
     assert len(read_records(out / "results.jsonl")) == 6  # the third sample's records are kept, not reported
 
 
+def test_a_rerun_removes_the_half_written_images_a_killed_run_left(tmp_path, bench_set):
+    out = tmp_path / "run"
+    run = RunOptions(methods=["identity"], judges=[], reward=None, metrics=["ssim"], cache=str(tmp_path / "cache"))
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    leftover = out / "outputs" / "identity" / ".s0.png.k1ll3d.tmp"  # what atomic_write_bytes leaves when killed
+    leftover.write_bytes(b"half a png")
+    run_benchmark(out, run, bench_set=bench_set, log=lambda line: None)
+    assert not leftover.exists() and (out / "outputs" / "identity" / "s0.png").is_file()
+
+
 # ---------------------------------------------------------------- a run always ends
 
 

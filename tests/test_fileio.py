@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from seminft_bench.bench.results import ResultsFile, read_records
-from seminft_bench.fileio import FolderLock, FolderLocked, JsonLines
+from seminft_bench.fileio import FolderLock, FolderLocked, JsonLines, remove_partial_writes
 
 
 def record(sample, n):
@@ -52,6 +52,17 @@ def test_the_store_appends_whole_lines_and_rewrites_atomically(tmp_path):
     assert store.read() == [{"x": 1}, {"x": float("inf")}]
     store.rewrite([{"x": 2}])
     assert store.read() == [{"x": 2}] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_remove_partial_writes_takes_only_a_killed_writers_temporary_files(tmp_path):
+    nested = tmp_path / "outputs" / "identity"
+    nested.mkdir(parents=True)
+    leftovers = [nested / ".x.png.abc.tmp", tmp_path / ".results.jsonl.q9.tmp"]
+    kept = [nested / "x.png", tmp_path / ".lock", tmp_path / "notes.tmp", nested / ".hidden"]
+    for path in leftovers + kept:
+        path.write_bytes(b"data")
+    assert sorted(remove_partial_writes(tmp_path)) == sorted(leftovers)
+    assert not any(path.exists() for path in leftovers) and all(path.exists() for path in kept)
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):

@@ -57,7 +57,7 @@ from seminft_bench.bench.metrics import (
 from seminft_bench.bench.results import ResultsFile, cell_key, settings_hash
 from seminft_bench.bench.samples import ROLES, BenchSet, Sample
 from seminft_bench.errors import MissingWeightsError
-from seminft_bench.fileio import FolderLock, atomic_write_text
+from seminft_bench.fileio import FolderLock, atomic_write_text, remove_partial_writes
 from seminft_bench.imaging import read_image, write_png
 
 DEFAULT_JUDGES = ("gpt-4o", "gemini-2.5-flash", "qwen3-vl-32b")
@@ -134,6 +134,8 @@ def run_benchmark(out: str | os.PathLike, options: RunOptions, bench_set: BenchS
         log(f"skipped sample {skipped.name}: {skipped.reason}")
     with FolderLock(out, job="benchmark run"):
         identity = claim_folder(out, dataset_identity(bench_set, options), overwrite=options.overwrite)
+        for folder in ("inputs", "outputs"):  # a killed run's half-written images; the rest of out may not be ours
+            remove_partial_writes(out / folder)
         with _Run(out, options, bench_set, identity, log) as run:
             write_inputs(out, bench_set)
             try:

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from seminft_bench.fileio import FolderLock, atomic_write_bytes, atomic_write_text
+from seminft_bench.fileio import FolderLock, atomic_write_bytes, atomic_write_text, remove_partial_writes
 from seminft_bench.imaging import encode_png, image_grid, read_image
 from seminft_bench.pipelines.editing import choose_instruction, make_editor
 from seminft_bench.pipelines.executors import run_units
@@ -224,8 +224,7 @@ def _open_work_dir(out: Path, config: ColdStartConfig) -> Path:
             "use another --out, or delete that folder to start over"
         )
     atomic_write_text(recorded, wanted)
-    for leftover in work.glob("*/.*.tmp"):  # half-written files of a killed run
-        leftover.unlink()
+    remove_partial_writes(work)  # half-written files of a killed run
     return work
 
 
