@@ -12,6 +12,7 @@ from test_model_sft import tiny_config, write_coldstart
 from seminft_bench.bench.ablations import ROWS, run_ablations
 from seminft_bench.model.config import AblationsConfig, ConfigError, NFTConfig, save_config
 from seminft_bench.model.lora import LORA_FILE
+from seminft_bench.model.training import RunFolderError
 
 
 def configs(tmp_path, **nft_overrides) -> AblationsConfig:
@@ -62,7 +63,7 @@ def test_every_table_3_row_trains_and_is_benchmarked_on_the_same_samples(tmp_pat
     # A row folder trained under other settings is refused, not mixed into the table.
     changed = configs(tmp_path, learning_rate=5e-3)
     changed = AblationsConfig(**{**changed.__dict__, "dino_model": tiny_dino})
-    with pytest.raises(ConfigError, match="learning_rate"):
+    with pytest.raises(RunFolderError, match="learning_rate"):
         run_ablations(changed, tiny=True, cache_dir=tmp_path / "cache", log=logged.append)
 
 

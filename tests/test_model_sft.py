@@ -20,7 +20,8 @@ from seminft_bench.imaging import sample_photo
 from seminft_bench.model.config import SFTConfig
 from seminft_bench.model.pipeline import LoraMismatchError, SemiNFTPipeline
 from seminft_bench.model.lora import LORA_FILE
-from seminft_bench.model.sft import ADAPTER, DatasetError, train_sft
+from seminft_bench.model.sft import ADAPTER, train_sft
+from seminft_bench.model.training import DatasetError, RunFolderError, write_manifest
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -174,12 +175,15 @@ def test_resuming_from_a_lora_of_another_model_fails_before_training(coldstart, 
     flux = tiny_components(0).transformer
     add_coldstart_lora(flux, tiny_config(coldstart, tmp_path / "other", lora_rank=2, lora_alpha=2))
     save_lora(flux, checkpoint, ADAPTER, SemiNFTPipeline.tiny(0).record("all", "sft", 1))
+    write_manifest(checkpoint, "another run")
     run = tmp_path / "run"
     with pytest.raises(LoraMismatchError, match=r"not a LoRA of this run.*\(2, 32\) in the file, \(4, 32\) here"):
+        train_sft(tiny_config(coldstart, run), tiny=True, cache_dir=tmp_path / "cache", fork=str(checkpoint))
+    with pytest.raises(RunFolderError, match="a checkpoint of a run with other settings: --fork"):
         train_sft(tiny_config(coldstart, run), tiny=True, cache_dir=tmp_path / "cache", resume=str(checkpoint))
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(RunFolderError, match="not a checkpoint to start from: no manifest.json"):
         train_sft(tiny_config(coldstart, run), tiny=True, cache_dir=tmp_path / "cache", resume=str(tmp_path))
-    assert not run.exists() and not (tmp_path / "cache").exists()
+    assert not (run / "checkpoints").exists() and not (run / "logs").exists() and not (tmp_path / "cache").exists()
 
 
 def test_gpu_only_options_fail_clearly_on_cpu(coldstart, tmp_path):
@@ -208,4 +212,4 @@ def test_cli_trains_the_tiny_model_with_flags_over_a_config(coldstart, tmp_path)
     assert result.exit_code == 0, result.output
     assert (out / LORA_FILE).is_file() and load_config(out / "config.yaml").steps == 2
     bad = CliRunner().invoke(app, ["sft", "--tiny", "--dataset", str(tmp_path / "nowhere"), "--out", str(out)])
-    assert bad.exit_code == 2 and "no such folder" in bad.output
+    assert bad.exit_code == 2 and "nowhere: no such dataset folder" in bad.output and "hf download" not in bad.output

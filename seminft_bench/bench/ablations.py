@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from seminft_bench.model.config import AblationsConfig, ConfigError, NFTConfig, SFTConfig, load_config
@@ -52,16 +52,24 @@ def run_ablations(
     log: Callable[[str], None] = print,
 ):
     """Train what is missing, then benchmark every row; returns the benchmark's `RunSummary`."""
-    from seminft_bench.bench.runner import RunOptions, run_benchmark
-    from seminft_bench.model.nft import train_nft
-    from seminft_bench.model.sft import train_sft
-    from seminft_bench.model.training import base_model
+    from seminft_bench.fileio import FolderLock
 
     if not (config.out and config.sft and config.nft):
         raise ConfigError("the ablations config needs out, sft and nft (the two stages' config files)")
     unknown = [row for row in config.rows if row not in ROWS]
     if unknown:
         raise ConfigError(f"unknown ablation rows {unknown}; known: {', '.join(ROWS)}")
+    with FolderLock(config.out, job="seminft-train ablations"):
+        return _run(config, tiny, cache_dir, log)
+
+
+def _run(config: AblationsConfig, tiny: bool, cache_dir, log: Callable[[str], None]):
+    """`run_ablations` in the folder it owns (each run and the benchmark also lock their own)."""
+    from seminft_bench.bench.runner import RunOptions, run_benchmark
+    from seminft_bench.model.nft import train_nft
+    from seminft_bench.model.sft import train_sft
+    from seminft_bench.model.training import base_model, check_settings
+
     out = Path(config.out)
     sft_config = load_config(config.sft, SFTConfig).override(out=str(out / "sft"))
     base = base_model(sft_config, tiny)
@@ -70,18 +78,17 @@ def run_ablations(
         raise ConfigError(f"{config.nft} sets no offline_samples: the SemiNFT and w/o offline rows would be one run")
     if "w-o-realistic" in config.rows and nft_config.dataset == sft_config.dataset:
         raise ConfigError(f"{config.nft} trains on the cold-start set already: w/o realistic dataset would change nothing")
-    check_same_run(sft_config, out / "sft")
+    for name in config.rows:  # every row's folder, before hours go into the first one
+        check_settings(row_config(nft_config, name, sft_config.dataset, out), base, out / name)
+    check_settings(sft_config, base, out / "sft")
     log(f"cold-start SFT -> {out / 'sft'}")
     train_sft(sft_config, tiny=tiny, resume="latest", cache_dir=cache_dir)
 
     method_options = {}
     for name in config.rows:
         row = ROWS[name]
-        changes = {key: sft_config.dataset if value == COLDSTART_PAIRS else value for key, value in row.nft.items()}
-        settings = replace(nft_config, out=str(out / name), **changes)
-        check_same_run(settings, out / name)
         log(f"{row.label} -> {out / name}")
-        train_nft(settings, tiny=tiny, resume="latest", cache_dir=cache_dir)
+        train_nft(row_config(nft_config, name, sft_config.dataset, out), tiny=tiny, resume="latest", cache_dir=cache_dir)
         lora = [str(out / "sft")] * row.with_coldstart + [str(out / name)]
         method_options[f"ours:{name}"] = {"base": base, "lora": lora, "steps": config.inference_steps, "seed": config.seed}
         save_ours_options(method_options[f"ours:{name}"], out / name / "ours.yaml")
@@ -96,18 +103,10 @@ def run_ablations(
     return run_benchmark(out / "bench", options, log=log)
 
 
-def check_same_run(config: SFTConfig | NFTConfig, folder: Path) -> None:
-    """Refuse a run folder that was trained under another config: its LoRA would stand for the wrong row."""
-    saved = folder / "config.yaml"
-    if not saved.is_file():
-        return
-    before = asdict(load_config(saved, type(config)))
-    changed = [key for key, value in asdict(config).items() if before.get(key) != value]
-    if changed:
-        raise ConfigError(
-            f"{folder} was trained with other settings ({', '.join(changed)} differ); move it away, or give "
-            "the ablations another out folder"
-        )
+def row_config(nft_config: NFTConfig, name: str, coldstart_set: str | None, out: Path) -> NFTConfig:
+    """The NFT config of the row ``name``, in ``out/name``."""
+    changes = {key: coldstart_set if value == COLDSTART_PAIRS else value for key, value in ROWS[name].nft.items()}
+    return replace(nft_config, out=str(out / name), **changes)
 
 
 def save_ours_options(options: dict, path: Path) -> None:

@@ -9,8 +9,22 @@ from typing import Optional
 import typer
 
 from seminft_bench.cli.common import fail, new_app
+from seminft_bench.fileio import FolderLocked
 
 app = new_app("Train SemiNFT: cold-start LoRA SFT, then DiffusionNFT.")
+
+RESUME_HELP = "latest (the newest valid checkpoint in OUT, if any) or a checkpoint of this run; the settings must be the run's."
+FORK_HELP = "A checkpoint of any run: continue it in a new OUT under these settings (a new learning rate, say)."
+FLAG_NAMES = {"steps": "--max-steps"}
+"""Config fields whose flag is not ``--`` + the field's name, dashed."""
+
+
+def settings(kind: type, config: Path | None, flags: dict):
+    """``kind``'s config from the file (defaults without one) with the given flags on top, checked by the same rules."""
+    from seminft_bench.model.config import load_config
+
+    names = {key: FLAG_NAMES.get(key, "--" + key.replace("_", "-")) for key in flags}
+    return (load_config(config, kind) if config else kind()).override("command line", names, **flags)
 
 
 @app.command("sft")
@@ -19,25 +33,26 @@ def sft_command(
     out: Optional[Path] = typer.Option(None, help="Run folder: checkpoints, logs, the final pytorch_lora_weights.safetensors."),
     config: Optional[Path] = typer.Option(None, help="YAML config (configs/sft.yaml lists every key); flags override it."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random FLUX on the CPU: the whole loop in seconds."),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps (the config's `steps`)."),
-    resume: Optional[str] = typer.Option(None, help="latest (newest checkpoint in OUT, if any) or a checkpoint folder."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (the config's `steps`)."),
+    resume: Optional[str] = typer.Option(None, help=RESUME_HELP),
+    fork: Optional[str] = typer.Option(None, help=FORK_HELP),
     base: Optional[str] = typer.Option(None, help="Base model: cached hub id, diffusers folder, or tiny:SEED."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Samples per step and process."),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per step and process."),
     learning_rate: Optional[float] = typer.Option(None, help="AdamW learning rate."),
-    resolution: Optional[int] = typer.Option(None, min=16, help="Train at this side's square pixel area, aspect kept."),
-    lora_rank: Optional[int] = typer.Option(None, min=1, help="LoRA rank."),
-    lora_alpha: Optional[int] = typer.Option(None, min=1, help="LoRA alpha (scale = alpha / rank)."),
+    resolution: Optional[int] = typer.Option(None, help="Train at this side's square pixel area, aspect kept."),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (scale = alpha / rank)."),
     lora_on: Optional[str] = typer.Option(None, help="all: every token branch; main: text + noisy tokens only."),
     seed: Optional[int] = typer.Option(None, help="Seed of the LoRA init, data order, timesteps and noise."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | bf16 (GPU only; the CPU runs float32)."),
     optimizer: Optional[str] = typer.Option(None, help="adamw | adamw8bit (bitsandbytes, GPU only)."),
-    log_every: Optional[int] = typer.Option(None, min=1, help="Steps between logged losses."),
-    validate_every: Optional[int] = typer.Option(None, min=1, help="Steps between validation grids."),
-    checkpoint_every: Optional[int] = typer.Option(None, min=1, help="Steps between checkpoints."),
+    log_every: Optional[int] = typer.Option(None, help="Steps between logged losses."),
+    validate_every: Optional[int] = typer.Option(None, help="Steps between validation grids."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
     cache: Optional[Path] = typer.Option(None, help="Prompt-embedding and VAE-latent cache [default: $XDG_CACHE_HOME/seminft-bench/model]."),
 ) -> None:
     """Train the cold-start LoRA (paper §3.3). Several GPUs: `accelerate launch -m seminft_bench.cli.train sft ...`."""
-    from seminft_bench.model.config import SFTConfig, load_config
+    from seminft_bench.model.config import SFTConfig
     from seminft_bench.model.sft import train_sft
 
     flags = dict(
@@ -47,9 +62,8 @@ def sft_command(
         validate_every=validate_every, checkpoint_every=checkpoint_every,
     )
     try:
-        settings = (load_config(config) if config else SFTConfig()).override(**flags)
-        folder = train_sft(settings, tiny=tiny, resume=resume, cache_dir=cache)
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+        folder = train_sft(settings(SFTConfig, config, flags), tiny=tiny, resume=resume, fork=fork, cache_dir=cache)
+    except (ValueError, FileNotFoundError, NotImplementedError, FolderLocked) as error:
         fail(error)
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
 
@@ -65,17 +79,18 @@ def nft_command(
     no_offline: bool = typer.Option(False, "--no-offline", help="Online samples only (Table 3's 'w/o offline samples')."),
     init: Optional[str] = typer.Option(None, help="coldstart | base (no cold-start LoRA: Table 3's 'w/o cold-start')."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random FLUX on the CPU: the whole loop in seconds."),
-    max_steps: Optional[int] = typer.Option(None, min=0, help="Optimizer steps (0: the untrained rl LoRA, 'w/o RL')."),
-    groups_per_step: Optional[int] = typer.Option(None, min=1, help="Pairs (one group each) per optimizer step, over all processes."),
-    resume: Optional[str] = typer.Option(None, help="latest (newest checkpoint in OUT, if any) or a checkpoint folder."),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps (0: the untrained rl LoRA, 'w/o RL')."),
+    groups_per_step: Optional[int] = typer.Option(None, help="Pairs (one group each) per optimizer step, over all processes."),
+    resume: Optional[str] = typer.Option(None, help=RESUME_HELP),
+    fork: Optional[str] = typer.Option(None, help=FORK_HELP),
     base: Optional[str] = typer.Option(None, help="Base model: cached hub id, diffusers folder, or tiny:SEED."),
     reward_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server (vLLM, SGLang) serving the reward VLM."),
-    resolution: Optional[int] = typer.Option(None, min=16, help="Work at this side's square pixel area, aspect kept."),
+    resolution: Optional[int] = typer.Option(None, help="Work at this side's square pixel area, aspect kept."),
     seed: Optional[int] = typer.Option(None, help="Seed of the LoRA init, pairs, rollouts and noise."),
     cache: Optional[Path] = typer.Option(None, help="Prompt-embedding and VAE-latent cache [default: $XDG_CACHE_HOME/seminft-bench/model]."),
 ) -> None:
     """Train the RL LoRA with DiffusionNFT (paper §3.4). Several GPUs: `accelerate launch -m seminft_bench.cli.train nft ...`."""
-    from seminft_bench.model.config import NFTConfig, load_config
+    from seminft_bench.model.config import NFTConfig
     from seminft_bench.model.nft import train_nft
 
     flags = dict(
@@ -85,11 +100,11 @@ def nft_command(
         resolution=resolution, seed=seed,
     )
     try:
-        settings = (load_config(config, NFTConfig) if config else NFTConfig()).override(**flags)
+        run = settings(NFTConfig, config, flags)
         if no_offline:
-            settings = replace(settings, offline_samples=None)
-        folder = train_nft(settings, tiny=tiny, resume=resume, cache_dir=cache)
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+            run = replace(run, offline_samples=None)
+        folder = train_nft(run, tiny=tiny, resume=resume, fork=fork, cache_dir=cache)
+    except (ValueError, FileNotFoundError, NotImplementedError, FolderLocked) as error:
         fail(error)
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
 
@@ -107,9 +122,9 @@ def ablations_command(
     from seminft_bench.model.config import AblationsConfig, load_config
 
     try:
-        settings = load_config(config, AblationsConfig).override(out=str(out) if out else None)
-        summary = run_ablations(settings, tiny=tiny, cache_dir=cache, log=lambda line: typer.echo(line, err=True))
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+        ablations = load_config(config, AblationsConfig).override(out=str(out) if out else None)
+        summary = run_ablations(ablations, tiny=tiny, cache_dir=cache, log=lambda line: typer.echo(line, err=True))
+    except (ValueError, FileNotFoundError, NotImplementedError, FolderLocked) as error:
         fail(error)
     typer.echo(f"report: {summary.out / 'report.html'}")
     if summary.failed:

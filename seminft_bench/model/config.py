@@ -1,9 +1,11 @@
 """Training configs: dataclasses that round-trip through YAML, strictly checked.
 
 A config file sets any subset of the fields (``configs/sft.yaml`` lists them all); a key
-the dataclass lacks, or a value of the wrong type, is an error naming the file and the
-key, so a typo never silently trains with a default. Command-line flags go on top with
-`SFTConfig.override`.
+the dataclass lacks, a value of the wrong type or out of its range (each class's ``LIMITS``)
+is an error naming the file, the key, the value and what is allowed, so a typo never
+silently trains with a default and a bad value never gets as far as the loop. Command-line
+flags go on top with `Overridable.override`, under the same rules. What needs several
+values at once (a dataset and an out folder to train) is `Overridable.check_runnable`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -48,6 +50,33 @@ class ConfigError(ValueError):
     """A config file or flag that does not describe a valid config; the message names the file and the key."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take: ``low`` (excluded when ``open_low``) up to ``high``; None is unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '≥'} {self.low:g}"
+        if self.low is None:
+            return f"≤ {self.high:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+
+COUNT = Range(1)
+"""A count or an interval in steps: at least 1."""
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, open_low=True)
+FRACTION = Range(0, 1)
+
+
 @dataclass
 class LogitNormal:
     """Training timesteps drawn as sigmoid(N(mean, std)), SD3's logit-normal density (Esser et al. 2024)."""
@@ -55,14 +84,24 @@ class LogitNormal:
     mean: float = 0.0
     std: float = 1.0
 
+    LIMITS: ClassVar[dict[str, Range]] = {"std": POSITIVE}
+
 
 class Overridable:
     """Configs take command-line flags on top of their file values."""
 
-    def override(self, **flags: Any):
-        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change."""
+    LIMITS: ClassVar[dict[str, Range]] = {}
+    """The range of each numeric field that has one (a field that may be null is checked when it is not)."""
+
+    def override(self, source: str = "override", names: dict[str, str] | None = None, **flags: Any):
+        """A copy with ``flags`` set, checked like file values; a flag that is None was not given: no change.
+
+        Errors name ``source`` and each field as ``names`` has it (``{"steps": "--max-steps"}``)."""
         given = {key: value for key, value in flags.items() if value is not None}
-        return replace(self, **_checked_fields(type(self), given, "override"))
+        return replace(self, **_checked_fields(type(self), given, source, names=names or {}))
+
+    def check_runnable(self) -> None:
+        """Raise a `ConfigError` when the settings cannot run together (each value alone was checked already)."""
 
 
 @dataclass
@@ -114,6 +153,19 @@ class SFTConfig(Overridable):
     log_every: int = 10
     validate_every: int = 500
     checkpoint_every: int = 1000
+
+    LIMITS: ClassVar[dict[str, Range]] = {
+        "steps": NON_NEGATIVE, "learning_rate": POSITIVE, "batch_size": COUNT, "max_grad_norm": POSITIVE,
+        "seed": NON_NEGATIVE, "lora_rank": COUNT, "lora_alpha": COUNT, "resolution": Range(16),
+        "condition_timestep": FRACTION, "guidance_scale": NON_NEGATIVE,
+        "log_every": COUNT, "validate_every": COUNT, "checkpoint_every": COUNT,
+    }  # fmt: skip
+
+    def check_runnable(self) -> None:
+        if not self.dataset or not self.out:
+            raise ConfigError("an SFT run needs both dataset and out")
+        if self.lora_on == "main" and self.condition_timestep is None:
+            raise ConfigError("lora_on: main needs a fixed condition_timestep (the conditions run once, without the LoRA)")
 
 
 @dataclass
@@ -189,6 +241,23 @@ class NFTConfig(Overridable):
     validate_every: int = 50
     checkpoint_every: int = 50
 
+    LIMITS: ClassVar[dict[str, Range]] = {
+        "steps": NON_NEGATIVE, "groups_per_step": COUNT, "group_online": Range(2), "group_offline": NON_NEGATIVE,
+        "rollout_steps": COUNT, "guidance_scale": NON_NEGATIVE, "micro_batch": COUNT, "beta": POSITIVE,
+        "loss_scale": POSITIVE, "kl_weight": NON_NEGATIVE, "decay_rate": NON_NEGATIVE, "decay_max": FRACTION,
+        "learning_rate": POSITIVE, "max_grad_norm": POSITIVE, "seed": NON_NEGATIVE, "lora_rank": COUNT,
+        "lora_alpha": COUNT, "resolution": Range(16), "condition_timestep": FRACTION,
+        "log_every": COUNT, "validate_every": COUNT, "checkpoint_every": COUNT,
+    }  # fmt: skip
+
+    def check_runnable(self) -> None:
+        if not self.dataset or not self.out:
+            raise ConfigError("an NFT run needs both dataset and out")
+        if self.init == "coldstart" and not self.coldstart_lora:
+            raise ConfigError("an NFT run needs coldstart_lora (the SFT run's folder), or init: base to train without it")
+        if self.condition_timestep is None:
+            raise ConfigError("NFT runs on the condition cache: condition_timestep must be a number (0 as in SFT), not null")
+
 
 ABLATION_ROWS = ("seminft", "w-o-coldstart", "w-o-rl", "w-o-realistic", "w-o-offline")
 """Table 3's rows, in its order (`seminft_bench.bench.ablations.ROWS` says what each changes)."""
@@ -218,6 +287,8 @@ class AblationsConfig(Overridable):
     """None: the benchmark's DINO ViT-B/16."""
     inference_steps: int = 28
     seed: int = 0
+
+    LIMITS: ClassVar[dict[str, Range]] = {"limit": COUNT, "inference_steps": COUNT, "seed": NON_NEGATIVE}
 
 
 def load_config(path: str | os.PathLike, kind: type = SFTConfig):
@@ -251,16 +322,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _checked_fields(cls: type, data: dict, source: str, prefix: str = "") -> dict[str, Any]:
-    """``data`` as constructor arguments of the dataclass ``cls``, each value checked against its annotation."""
+def _checked_fields(
+    cls: type, data: dict, source: str, prefix: str = "", names: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``data`` as constructor arguments of the dataclass ``cls``, each value checked against its annotation and
+    its range in ``cls.LIMITS``; errors call a key as ``names`` has it, else by its (dotted) name."""
     hints = get_type_hints(cls)
     known = [f.name for f in fields(cls)]
+    limits = getattr(cls, "LIMITS", {})
     checked = {}
     for key, value in data.items():
-        name = f"{prefix}{key}"
+        name = (names or {}).get(key, f"{prefix}{key}")
         if key not in known:
             raise ConfigError(f"{source}: unknown key {name!r}; known keys: {', '.join(prefix + k for k in known)}")
         checked[key] = _checked(value, hints[key], source, name)
+        if key in limits and checked[key] is not None and not limits[key].admits(checked[key]):
+            raise ConfigError(f"{source}: {name} must be {limits[key]}, got {value!r}")
     return checked
 
 

@@ -39,8 +39,16 @@ from seminft_bench.imaging import read_image
 from seminft_bench.model.caches import LatentCache, vae_identity
 from seminft_bench.model.components import TINY_PREFIX
 from seminft_bench.model.config import NFTConfig, save_config
-from seminft_bench.model.lora import adapter_parameters, add_lora, check_compatible, read_record, save_lora, set_trainable
-from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir
+from seminft_bench.model.lora import (
+    adapter_parameters,
+    add_lora,
+    check_compatible,
+    read_record,
+    save_lora,
+    set_trainable,
+    weights_file,
+)
+from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir, file_sha256
 from seminft_bench.model.rewards import (
     ColorStatsReward,
     OfflineSample,
@@ -308,17 +316,25 @@ def optimizer_step(accelerator, optimizer, params: list[torch.nn.Parameter], max
 
 
 def train_nft(
-    config: NFTConfig, *, tiny: bool = False, resume: str | None = None, cache_dir: str | os.PathLike | None = None
+    config: NFTConfig, *, tiny: bool = False, resume: str | None = None, fork: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Train the ``rl`` LoRA as ``config`` says; returns ``config.out``, which then holds its
-    ``pytorch_lora_weights.safetensors``. Failed rewards drop out of their group and are counted."""
+    ``pytorch_lora_weights.safetensors``. Failed rewards drop out of their group and are counted.
+    ``resume`` and ``fork`` as in `sft.train_sft`."""
+    config.check_runnable()
+    with training.RunFolder(Path(config.out), "seminft-train nft") as run:
+        return _train(config, run, tiny, resume, fork, cache_dir)
+
+
+def _train(config: NFTConfig, run: training.RunFolder, tiny: bool, resume, fork, cache_dir) -> Path:
+    """`train_nft` in the run folder it owns."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from seminft_bench.model.components import load_components
 
-    check_config(config)
-    out = Path(config.out)
+    out = run.out
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     base = training.base_model(config, tiny)
     is_tiny = base.startswith(TINY_PREFIX)
@@ -330,6 +346,14 @@ def train_nft(
     root = training.resolve_dataset(config.dataset)
     pairs = training.read_samples(root, "train", config.prompt, PAIR_ROLES)
     offline = load_offline_samples(config.offline_samples) if config.offline_samples else []
+    coldstart = check_coldstart(config)
+    identity = training.run_identity(config, base, world, {
+        "dataset": training.data_fingerprint(pairs),
+        "coldstart_lora": file_sha256(weights_file(coldstart)) if coldstart else None,
+        "offline_samples": file_sha256(Path(config.offline_samples)) if config.offline_samples else None,
+        "reward_config": file_sha256(Path(config.reward_config)) if config.reward_config else None,
+    })  # fmt: skip
+    checkpoint = run.claim(accelerator, "nft", identity, resume, fork)
     reward = make_reward(config)  # a missing reward model fails here, before the transformer loads
 
     # The policies: frozen FLUX + frozen cold-start LoRA + rl (trained) and old, at the cold-start's settings.
@@ -342,7 +366,7 @@ def train_nft(
     )
     flux = components.transformer
     flux.requires_grad_(False)
-    if config.init == "coldstart":
+    if coldstart:
         load_coldstart(pipe, config)
     for adapter in (RL_ADAPTER, OLD_ADAPTER):  # the same seed: old starts equal to rl
         add_lora(flux, adapter, rank=config.lora_rank, alpha=config.lora_alpha,
@@ -352,7 +376,6 @@ def train_nft(
     set_trainable(flux, RL_ADAPTER)  # for good: `policy` switches adapters without touching this
     if config.gradient_checkpointing:
         flux.enable_gradient_checkpointing()
-    checkpoint = training.checkpoint_dir(out, resume) if resume else None
 
     with accelerator.main_process_first():
         cache = LatentCache(cache_dir / "latents", vae_identity(components.vae))
@@ -368,10 +391,11 @@ def train_nft(
     adapters = {"": RL_ADAPTER, OLD_ADAPTER: OLD_ADAPTER}  # checkpoint subfolder: adapter
     training.register_lora_hooks(accelerator, pipe, adapters, config.lora_on, "nft", progress)
     if checkpoint is not None:
-        accelerator.load_state(checkpoint)
+        training.load_checkpoint(accelerator, checkpoint, optimizer, config.learning_rate)
         accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
 
-    log = training.ScalarLog(out / "logs", config) if accelerator.is_main_process else None
+    resumed_at = progress.step if checkpoint else None
+    log = training.ScalarLog(out / "logs", config, resumed_at) if accelerator.is_main_process else None
     validation = training.validation_pairs(root, VALIDATION_PAIRS, PAIR_ROLES) if accelerator.is_main_process else []
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
@@ -384,9 +408,7 @@ def train_nft(
         """The rl policy's validation grid (saved and logged) and its mean reward on the validation pairs."""
         with policy(pipe, config, RL_ADAPTER), accelerator.autocast():
             steps = training.TINY_VALIDATION_STEPS if is_tiny else training.VALIDATION_STEPS
-            grid = training.validation_grid(pipe, validation, steps, config.seed, accelerator.autocast)
-            grid.save(out / "logs" / f"validation-{step:08d}.png")
-            log.image(step, "validation", grid)
+            log.grid(step, training.validation_grid(pipe, validation, steps, config.seed, accelerator.autocast))
             return {"reward/validation": validation_reward(pipe, config, reward, validation)}
 
     if log and validation and progress.step == 0:  # where the curve starts
@@ -416,7 +438,7 @@ def train_nft(
         if log and (progress.step % config.log_every == 0 or last or "reward/validation" in values):
             log.scalars(progress.step, values)
         if progress.step % config.checkpoint_every == 0 or last:
-            training.save_checkpoint(accelerator, out, progress.step, config)
+            training.save_checkpoint(accelerator, out, progress.step, config, run.run)
     bar.close()
     scorer.shutdown()
     reward.close()
@@ -438,15 +460,12 @@ def train_nft(
 # --------------------------------------------------------------------------- set-up and helpers
 
 
-def check_config(config: NFTConfig) -> None:
-    if not config.dataset or not config.out:
-        raise ValueError("config needs both dataset and out")
-    if config.init == "coldstart" and not config.coldstart_lora:
-        raise ValueError("config needs coldstart_lora (the SFT run's folder), or init: base to train without it")
-    if config.condition_timestep is None:
-        raise ValueError("NFT runs on the condition cache: condition_timestep must be a number (0 as in SFT), not null")
-    if config.group_online < 2 and config.steps:
-        raise ValueError("group_online must be at least 2: a group of one has nothing to compare")
+def check_coldstart(config: NFTConfig) -> str | None:
+    """The cold-start LoRA's path (None with ``init: base``), checked to be a readable LoRA before any work."""
+    if config.init != "coldstart":
+        return None
+    read_record(config.coldstart_lora)
+    return config.coldstart_lora
 
 
 def load_coldstart(pipe: SemiNFTPipeline, config: NFTConfig) -> None:

@@ -40,32 +40,9 @@ from seminft_bench.model.components import TINY_PREFIX, FluxComponents
 from seminft_bench.model.conditioning import image_ids, pack_latents
 from seminft_bench.model.config import SFTConfig, save_config
 from seminft_bench.model.lora import add_lora, read_lora, save_lora
+from seminft_bench.model import training
 from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir
-from seminft_bench.model.training import (
-    CHECKPOINTS,
-    TINY_VALIDATION_STEPS,
-    VALIDATION_STEPS,
-    DatasetError,
-    Progress,
-    Sample,
-    ScalarLog,
-    adamw,
-    base_model,
-    cache_latents,
-    check_ranks_agree,
-    checkpoint_dir,
-    load_latents,
-    prompt_encoder,
-    read_samples,
-    register_lora_hooks,
-    resolve_dataset,
-    save_checkpoint,
-    step_generator,
-    the_prompt,
-    validation_grid,
-    validation_pairs,
-    working_resolution,
-)
+from seminft_bench.model.training import Sample, load_latents
 
 ADAPTER = "coldstart"
 ROLES = ("source", "reference", "target")
@@ -213,34 +190,41 @@ def flow_matching_loss(
 
 
 def train_sft(
-    config: SFTConfig, *, tiny: bool = False, resume: str | None = None, cache_dir: str | os.PathLike | None = None
+    config: SFTConfig, *, tiny: bool = False, resume: str | None = None, fork: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Train the cold-start LoRA as ``config`` says; returns ``config.out``, which then holds
     ``pytorch_lora_weights.safetensors``.
 
     ``tiny`` trains the tiny random model (CPU, seconds). ``resume`` is ``"latest"`` (the newest
-    checkpoint in ``out/checkpoints``; a fresh start when there is none) or a checkpoint folder.
+    valid checkpoint in ``out/checkpoints``; a fresh start when there is none) or a checkpoint of
+    this run; ``fork`` continues another run's checkpoint under ``config`` in a new ``out``.
     ``cache_dir`` holds the prompt embeddings and VAE latents (default: the pipeline's cache,
     ``$XDG_CACHE_HOME/seminft-bench/model``), shared by every run on this machine.
     """
+    config.check_runnable()
+    with training.RunFolder(Path(config.out), "seminft-train sft") as run:
+        return _train(config, run, tiny, resume, fork, cache_dir)
+
+
+def _train(config: SFTConfig, run: training.RunFolder, tiny: bool, resume, fork, cache_dir) -> Path:
+    """`train_sft` in the run folder it owns."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from seminft_bench.model.components import load_components
 
-    if not config.dataset or not config.out:
-        raise ValueError("config needs both dataset and out")
-    if config.lora_on == "main" and config.condition_timestep is None:
-        raise ValueError("lora_on: main needs a fixed condition_timestep (the conditions run once, without the LoRA)")
-    out = Path(config.out)
+    out = run.out
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    base = base_model(config, tiny)
+    base = training.base_model(config, tiny)
     on_gpu = torch.cuda.is_available() and not base.startswith(TINY_PREFIX)
     accelerator = Accelerator(mixed_precision=config.mixed_precision if on_gpu else "no", cpu=not on_gpu)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     check_gpu_options(config, device)
-    root = resolve_dataset(config.dataset)
-    samples = read_samples(root, "train", config.prompt, ROLES)  # bad data fails here, before the model loads
+    root = training.resolve_dataset(config.dataset)
+    samples = training.read_samples(root, "train", config.prompt, ROLES)  # bad data fails here, before the model loads
+    identity = training.run_identity(config, base, world, {"dataset": training.data_fingerprint(samples)})
+    checkpoint = run.claim(accelerator, "sft", identity, resume, fork)
 
     # Model: frozen FLUX + the cold-start LoRA, wrapped for the three branches, at the run's settings.
     weight_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
@@ -249,12 +233,12 @@ def train_sft(
     add_coldstart_lora(flux, config)
     if config.gradient_checkpointing:
         flux.enable_gradient_checkpointing()
-    checkpoint = checkpoint_dir(out, resume) if resume else None
     if checkpoint is not None:
         read_lora(checkpoint, flux, ADAPTER)  # a LoRA of another model or rank fails here, before any encoding
+    prompts = training.prompt_encoder(base, cache_dir, device, weight_dtype)
     pipe = SemiNFTPipeline(
-        components, prompt_encoder(base, cache_dir, device, weight_dtype), prompt=the_prompt(samples), device=device,
-        pixel_area=working_resolution(config, base) ** 2, condition_timestep=config.condition_timestep,
+        components, prompts, prompt=training.the_prompt(samples), device=device,
+        pixel_area=training.working_resolution(config, base) ** 2, condition_timestep=config.condition_timestep,
     )
     pipe.set_adapters([ADAPTER])
     pipe.lora_on[ADAPTER] = config.lora_on
@@ -264,28 +248,29 @@ def train_sft(
         for prompt in sorted({sample.prompt for sample in samples}):
             pipe.embeddings(prompt)
         cache = LatentCache(cache_dir / "latents", vae_identity(components.vae))
-        encoded = cache_latents(root, "train", samples, pipe, cache, ROLES)
+        encoded = training.cache_latents(root, "train", samples, pipe, cache, ROLES)
     accelerator.print(f"{len(samples)} samples; {encoded} images encoded, the others read from {cache.folder}")
     sizes = [(pipe.work_size(sample.source_size), pipe.work_size(sample.reference_size)) for sample in samples]
     batches_per_epoch = len(epoch_batches(sizes, config.batch_size, config.seed, 0, world)) // world
     if batches_per_epoch == 0:
-        raise DatasetError(f"{root}: {len(samples)} samples make fewer batches than the {world} processes")
+        raise training.DatasetError(f"{root}: {len(samples)} samples make fewer batches than the {world} processes")
 
     # Optimisation: AdamW on the LoRA, DDP through accelerate, resumable state.
     params = [p for p in flux.parameters() if p.requires_grad]
-    model, optimizer = accelerator.prepare(pipe.transformer, adamw(params, config.learning_rate, config.optimizer))
-    progress = Progress()
+    optimizer = training.adamw(params, config.learning_rate, config.optimizer)
+    model, optimizer = accelerator.prepare(pipe.transformer, optimizer)
+    progress = training.Progress()
     accelerator.register_for_checkpointing(progress)
-    register_lora_hooks(accelerator, pipe, {"": ADAPTER}, config.lora_on, "sft", progress)
+    training.register_lora_hooks(accelerator, pipe, {"": ADAPTER}, config.lora_on, "sft", progress)
     if checkpoint is not None:
-        accelerator.load_state(checkpoint)
+        training.load_checkpoint(accelerator, checkpoint, optimizer, config.learning_rate)
         accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
     elif resume:
-        accelerator.print(f"no checkpoint in {out / CHECKPOINTS} yet: starting from step 0")
+        accelerator.print(f"no checkpoint in {out / training.CHECKPOINTS} yet: starting from step 0")
 
-    log = ScalarLog(out / "logs", config) if accelerator.is_main_process else None
-    pairs = validation_pairs(root, VALIDATION_SAMPLES, ROLES) if accelerator.is_main_process else []
-    validation_steps = TINY_VALIDATION_STEPS if base.startswith(TINY_PREFIX) else VALIDATION_STEPS
+    log = training.ScalarLog(out / "logs", config, progress.step if checkpoint else None) if accelerator.is_main_process else None
+    pairs = training.validation_pairs(root, VALIDATION_SAMPLES, ROLES) if accelerator.is_main_process else []
+    validation_steps = training.TINY_VALIDATION_STEPS if base.startswith(TINY_PREFIX) else training.VALIDATION_STEPS
     if accelerator.is_main_process:
         save_config(config, out / "config.yaml")
     bar = tqdm(total=config.steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="sft")
@@ -301,8 +286,8 @@ def train_sft(
         indices = plan[position * world + rank]
         batch = load_batch(samples, indices, pipe, cache, weight_dtype)
         loss = flow_matching_loss(
-            model, pipe.transformer, batch, config, components.scheduler, step_generator(config.seed, step, rank),
-            weight_dtype,
+            model, pipe.transformer, batch, config, components.scheduler,
+            training.step_generator(config.seed, step, rank), weight_dtype,
         )
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -319,16 +304,14 @@ def train_sft(
             log.scalars(progress.step, {"loss": float(np.mean(losses)), "lr": lr, "grad_norm": float(grad_norm),
                                         "steps_per_s": rate})
             losses.clear()
-        if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:
-            save_checkpoint(accelerator, out, progress.step, config)
         if log and pairs and (progress.step % config.validate_every == 0 or progress.step == config.steps):
-            grid = validation_grid(pipe, pairs, validation_steps, config.seed, accelerator.autocast)
-            grid.save(out / "logs" / f"validation-{progress.step:08d}.png")
-            log.image(progress.step, "validation", grid)
+            log.grid(progress.step, training.validation_grid(pipe, pairs, validation_steps, config.seed, accelerator.autocast))
+        if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:  # after what it covers
+            training.save_checkpoint(accelerator, out, progress.step, config, run.run)
     bar.close()
 
     accelerator.wait_for_everyone()
-    check_ranks_agree(accelerator, flux, ADAPTER)
+    training.check_ranks_agree(accelerator, flux, ADAPTER)
     if accelerator.is_main_process:
         save_lora(flux, out, ADAPTER, pipe.record(config.lora_on, "sft", progress.step))
         log.close()

@@ -11,14 +11,22 @@
   draws what an uninterrupted one would, and checkpoints hold only the LoRAs, the optimizer and the step.
 - The LoRAs are saved in diffusers' format with the record of the settings they were trained under
   (`lora.save_lora`), so every loader runs them as trained.
+- The run folder (`RunFolder`) has one writer (``DIR/.lock``) and one identity (``DIR/run.json``): the
+  settings that decide the weights, hashes of the inputs and the process count. A resume under
+  another identity is refused; ``--fork`` starts a new folder from another run's checkpoint instead.
+  Checkpoints carry a manifest of their files' sizes and hashes, written last, so a resume skips one
+  that a kill or a disk cut short. The logs are cut back to the checkpoint a run resumes from, so
+  each step is logged once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,14 +37,23 @@ import torch
 from PIL import Image
 
 from seminft_bench.errors import first_few
-from seminft_bench.imaging import image_grid, read_image
+from seminft_bench.fileio import FolderLock, JsonLines, atomic_write_text, remove_partial_writes
+from seminft_bench.imaging import image_grid, read_image, write_png
 from seminft_bench.model.caches import LatentCache, LatentKey, PromptEncoder, image_digest
 from seminft_bench.model.components import TINY_PREFIX
 from seminft_bench.model.config import save_config
 from seminft_bench.model.lora import LORA_FILE, load_lora_state, lora_state, save_lora
-from seminft_bench.model.pipeline import RESIZE_RULE, SemiNFTPipeline
+from seminft_bench.model.pipeline import RESIZE_RULE, SemiNFTPipeline, file_sha256
 
 CHECKPOINTS = "checkpoints"
+RUN_FILE = "run.json"
+MANIFEST = "manifest.json"
+IDENTITY_EXEMPT = ("out", "steps", "log_every", "validate_every", "checkpoint_every")
+"""What a resume may change: where the run lies, its step budget and how often it reports. Every other
+setting decides the weights a step makes, so together they are the run's identity."""
+INPUT_FIELDS = ("dataset", "coldstart_lora", "offline_samples", "reward_config")
+"""Settings that name files: the identity holds a hash of what they hold, not the path, so a moved
+dataset is the same run and an edited one is not."""
 TINY_RESOLUTION = 64
 """`--tiny` trains at most at 64² pixels (64 tokens with the tiny VAE): seconds on a CPU."""
 VALIDATION_STEPS = 28
@@ -73,6 +90,8 @@ def resolve_dataset(spec: str | os.PathLike) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
+    if looks_like_a_path(os.fspath(spec)):
+        raise DatasetError(f"{spec}: no such dataset folder" + (" (it is a file)" if path.exists() else ""))
     import huggingface_hub
     from huggingface_hub.errors import HFValidationError, IncompleteSnapshotError, LocalEntryNotFoundError
 
@@ -86,6 +105,16 @@ def resolve_dataset(spec: str | os.PathLike) -> Path:
             f"({huggingface_hub.constants.HF_HUB_CACHE}); nothing is downloaded here: "
             f"fetch it first with `hf download {spec} --repo-type dataset`"
         ) from None
+
+
+def looks_like_a_path(spec: str) -> bool:
+    """Whether ``spec`` can only be a local path: a Hub id is ``name`` or ``owner/name``, without a leading
+    ``/``, ``.`` or ``~``, and its owner is not a folder here."""
+    parts = spec.split("/")
+    return (
+        spec.startswith(("/", ".", "~")) or "\\" in spec or len(parts) > 2 or spec.endswith("/")
+        or (len(parts) == 2 and Path(parts[0]).is_dir())
+    )
 
 
 def split_shards(root: Path, split: str) -> list[Path]:
@@ -255,19 +284,9 @@ class Progress:
         self.step = int(state["step"])
 
 
-def checkpoint_dir(out: Path, resume: str) -> Path | None:
-    """The checkpoint ``resume`` names: a folder, or ``latest`` (None when the run has none yet)."""
-    if resume != "latest":
-        path = Path(resume)
-        if not (path / LORA_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a checkpoint of seminft-train (no {LORA_FILE})")
-        return path
-    found = sorted((out / CHECKPOINTS).glob("step-[0-9]*[0-9]"))
-    return found[-1] if found else None
-
-
-def save_checkpoint(accelerator, out: Path, step: int, config) -> Path:
-    """LoRAs, optimizer, step and RNG states in ``out/checkpoints/step-N``, written under a temporary name first."""
+def save_checkpoint(accelerator, out: Path, step: int, config, run: str) -> Path:
+    """LoRAs, optimizer, step and RNG states in ``out/checkpoints/step-N``: written as ``step-N.partial``, checked
+    into a manifest of sizes and hashes (written last), then renamed. ``run`` is the run's identity digest."""
     final = out / CHECKPOINTS / f"step-{step:08d}"
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
@@ -278,9 +297,208 @@ def save_checkpoint(accelerator, out: Path, step: int, config) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_config(config, partial / "config.yaml")
+        write_manifest(partial, run)
+        if final.exists():  # one this run skipped as invalid, or replays
+            shutil.rmtree(final)
         os.replace(partial, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, checkpoint: Path, optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+    """Restore LoRAs, optimizer, step and RNG states, at this run's learning rate (a fork may change it: the
+    optimizer's saved state would bring back the old one)."""
+    accelerator.load_state(checkpoint)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+
+
+def write_manifest(folder: Path, run: str) -> None:
+    """``folder/manifest.json``: every file's size and SHA-256 as it lies on disk, and the run's identity digest."""
+    files = {
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST
+    }
+    atomic_write_text(folder / MANIFEST, json.dumps({"run": run, "files": files}, indent=1, sort_keys=True))
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint ``folder`` cannot be resumed from (a file missing, cut short or changed), or None."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (its save did not finish)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"unreadable {MANIFEST}"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} when saved"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} differs from what was saved (SHA-256)"
+    return None
+
+
+def checkpoint_run(folder: Path) -> str:
+    """The identity digest of the run that saved the (valid) checkpoint ``folder``."""
+    return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["run"]
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+class RunFolderError(ValueError):
+    """A run folder this run may not write as asked; the message says what to do instead."""
+
+
+def run_identity(config, base: str, processes: int, inputs: dict[str, str | None]) -> dict:
+    """What decides a run's weights: the config less `IDENTITY_EXEMPT` and `INPUT_FIELDS`, the base it trains,
+    the process count (it sets each process's share of data and noise) and ``inputs``, the hashes of its files."""
+    settings = json.loads(json.dumps(asdict(config)))  # tuples as lists, as run.json holds them
+    settings = {key: value for key, value in settings.items() if key not in IDENTITY_EXEMPT + INPUT_FIELDS}
+    return {"settings": {**settings, "base": base}, "inputs": inputs, "processes": processes}
+
+
+def check_settings(config, base: str, folder: Path) -> None:
+    """Refuse early a run folder whose recorded settings differ from ``config``'s (its inputs are checked when the
+    run starts, `RunFolder.claim`): for jobs that train several runs in a row."""
+    recorded = folder / RUN_FILE
+    if recorded.is_file():
+        before = {"settings": json.loads(recorded.read_text(encoding="utf-8"))["identity"]["settings"]}
+        differences = identity_differences(before, {"settings": run_identity(config, base, 0, {})["settings"]})
+        if differences:
+            raise RunFolderError(f"{folder} holds a run with other settings ({'; '.join(differences)})")
+
+
+def data_fingerprint(samples: list[Sample]) -> str:
+    """One hash of the samples as trained: ids, prompts and image hashes."""
+    return _digest([[sample.id, sample.prompt, sample.images] for sample in samples])
+
+
+def identity_differences(before: dict, now: dict) -> list[str]:
+    """``key: X there, Y now`` for each part of two identities that differs."""
+    def flat(identity: dict) -> dict:
+        return {
+            **identity.get("settings", {}),
+            **{f"{key} (its content)": value for key, value in identity.get("inputs", {}).items()},
+            "processes": identity.get("processes"), "forked from": identity.get("forked_from"),
+        }  # fmt: skip
+
+    old, new = flat(before), flat(now)
+    return [f"{key}: {old.get(key)!r} there, {new.get(key)!r} now" for key in dict.fromkeys([*old, *new])
+            if old.get(key) != new.get(key)]  # fmt: skip
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class RunFolder:
+    """A training run's folder: one writer (``DIR/.lock``, held while the run lives) and one identity (``DIR/run.json``).
+
+    Only the main process (global rank 0) locks and writes. Nothing touches the folder before `claim`, which
+    takes the lock (held until the ``with`` block ends) and removes what a killed writer left: checkpoints
+    still named ``.partial`` and the temporary files of atomic writes.
+    """
+
+    def __init__(self, out: Path, job: str):
+        self.out, self.job = Path(out), job
+        self.lock = FolderLock(self.out, job=job)
+        self.run = ""
+        """The identity digest, once claimed: every checkpoint's manifest carries it."""
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def claim(self, accelerator, kind: str, identity: dict, resume: str | None, fork: str | None) -> Path | None:
+        """Check this run may write the folder as asked, record its identity, and return the checkpoint to start
+        from (None: step 0). ``resume``: ``latest`` or a checkpoint of this run; ``fork``: a checkpoint of any run,
+        continued here under this run's settings."""
+        found = None
+        if accelerator.is_main_process:
+            self.lock.acquire()
+            for partial in (self.out / CHECKPOINTS).glob("*.partial"):
+                shutil.rmtree(partial)
+            remove_partial_writes(self.out)
+            found = self._claim(kind, identity, resume, fork)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            found = broadcast_object_list([found])[0]
+        run, checkpoint = found
+        self.run = run
+        return Path(checkpoint) if checkpoint else None
+
+    def _claim(self, kind: str, identity: dict, resume: str | None, fork: str | None) -> tuple[str, str | None]:
+        recorded = self.out / RUN_FILE
+        before = json.loads(recorded.read_text(encoding="utf-8")) if recorded.is_file() else None
+        trained = any((self.out / CHECKPOINTS).glob("step-*")) or (self.out / LORA_FILE).exists()
+        if fork:
+            if trained:
+                raise RunFolderError(f"{self.out} holds a run already: --fork starts a new run, give it a new --out")
+            fork_from = Path(fork).resolve()
+            self._check_valid(fork_from)
+        else:  # a fork killed before its first checkpoint goes on from where it was forked
+            fork_from = before["identity"].get("forked_from") if before else None
+        identity = {**identity, "forked_from": str(fork_from) if fork_from else None}
+        if trained and before is None:
+            raise RunFolderError(
+                f"{self.out} holds training output without a {RUN_FILE} (an older version's run, or another tool's): "
+                "move it away, or use another --out"
+            )
+        if trained:  # what it holds was made under its identity: only that identity may go on with it
+            differences = identity_differences(before["identity"], identity) + (
+                [f"stage: {before.get('kind')!r} there, {kind!r} now"] if before.get("kind") != kind else []
+            )
+            if differences:
+                raise RunFolderError(
+                    f"{self.out} holds a run with other settings ({'; '.join(differences)}); resume it with its own "
+                    f"settings, start this one in a new --out, or continue one of its checkpoints under these settings "
+                    f"in a new folder: --fork {self.out / CHECKPOINTS}/step-N --out NEW"
+                )
+            if resume is None:
+                raise RunFolderError(f"{self.out} holds a run already: continue it with --resume latest, or use another --out")
+        run = _digest(identity)
+        atomic_write_text(recorded, json.dumps({"kind": kind, "identity": identity}, indent=2, sort_keys=True) + "\n")
+        return run, self._start(run, resume, fork_from)
+
+    def _start(self, run: str, resume: str | None, fork_from: Path | None) -> str | None:
+        """The checkpoint to load: the newest valid one here for ``latest`` (warning about each invalid one), the one
+        ``resume`` names (it must be of this run), else where the run was forked from."""
+        if resume not in (None, "latest"):
+            path = Path(resume)
+            self._check_valid(path)
+            if checkpoint_run(path) != run:
+                raise RunFolderError(
+                    f"{path} is a checkpoint of a run with other settings: --fork {path} --out NEW continues it "
+                    "under this run's settings in a new folder"
+                )
+            return str(path)
+        if resume == "latest":
+            problems = []
+            for path in sorted((self.out / CHECKPOINTS).glob("step-[0-9]*[0-9]"), reverse=True):
+                problem = checkpoint_problem(path)
+                if problem is None:
+                    return str(path)
+                print(f"warning: skipping the checkpoint {path}: {problem}", file=sys.stderr, flush=True)
+                problems.append(f"{path.name}: {problem}")
+            if problems and not fork_from:
+                raise RunFolderError(
+                    f"{self.out / CHECKPOINTS} holds no valid checkpoint ({first_few(problems, 3)}); move that folder "
+                    "away to start over"
+                )
+        return str(fork_from) if fork_from else None
+
+    @staticmethod
+    def _check_valid(path: Path) -> None:
+        problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
+        if problem:
+            raise RunFolderError(f"{path}: not a checkpoint to start from: {problem}")
 
 
 def register_lora_hooks(
@@ -319,32 +537,46 @@ def check_ranks_agree(accelerator, flux: torch.nn.Module, adapter: str) -> None:
 
 
 class ScalarLog:
-    """Scalars to TensorBoard (when the package is there) and always to ``logs/metrics.jsonl``."""
+    """Scalars to TensorBoard (when the package is there) and always to ``logs/metrics.jsonl``; validation grids.
 
-    def __init__(self, folder: Path, config):
+    A run that resumes from step N replays the steps after N, so what was logged after N is dropped first:
+    from metrics.jsonl, the grids, and TensorBoard (``purge_step``). Each step is then logged once.
+    """
+
+    def __init__(self, folder: Path, config, resumed_at: int | None):
+        """``resumed_at``: the step of the checkpoint the run starts from; None for a start from scratch."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(folder / "metrics.jsonl", "a", encoding="utf-8")
+        self.folder = folder
+        kept = -1 if resumed_at is None else resumed_at
+        self.jsonl = JsonLines(folder / "metrics.jsonl")
+        records = self.jsonl.read()
+        if any(record.get("step", 0) > kept for record in records):
+            self.jsonl.rewrite([record for record in records if record.get("step", 0) <= kept])
+        for grid in folder.glob("validation-[0-9]*.png"):
+            if int(grid.stem.removeprefix("validation-")) > kept:
+                grid.unlink()
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             self.writer = None
         else:
-            self.writer = SummaryWriter(os.fspath(folder))
-            self.writer.add_text("config", "```\n" + json.dumps(asdict(config), indent=2, default=str) + "\n```")
+            self.writer = SummaryWriter(os.fspath(folder), purge_step=kept + 1)
+            if resumed_at is None:
+                self.writer.add_text("config", "```\n" + json.dumps(asdict(config), indent=2, default=str) + "\n```")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self.jsonl.flush()
+        self.jsonl.append({"step": step, **values})
         if self.writer:
             for name, value in values.items():
                 self.writer.add_scalar(f"train/{name}", value, step)
 
-    def image(self, step: int, name: str, image: Image.Image) -> None:
+    def grid(self, step: int, image: Image.Image) -> None:
+        """The validation grid of ``step``: ``validation-N.png`` (written atomically) and TensorBoard's image."""
+        write_png(image, self.folder / f"validation-{step:08d}.png")
         if self.writer:
-            self.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+            self.writer.add_image("validation", np.asarray(image), step, dataformats="HWC")
 
     def close(self) -> None:
-        self.jsonl.close()
         if self.writer:
             self.writer.close()
 
