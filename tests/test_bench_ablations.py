@@ -1,6 +1,7 @@
 """`seminft-train ablations`: Table 3's rows trained on the tiny model and benchmarked together, end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,12 @@ def test_every_table_3_row_trains_and_is_benchmarked_on_the_same_samples(tmp_pat
 def test_rows_that_would_coincide_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="offline_samples"):
         run_ablations(configs(tmp_path, offline_samples=None), tiny=True, cache_dir=tmp_path / "cache", log=lambda _: None)
+
+
+def test_a_second_ablations_job_on_one_folder_is_refused(tmp_path):
+    from seminft_bench.fileio import FolderLock, FolderLocked
+
+    config = configs(tmp_path)
+    with FolderLock(config.out, job="test"), pytest.raises(FolderLocked, match="being written by another"):
+        run_ablations(config, tiny=True, cache_dir=tmp_path / "cache", log=lambda _: None)
+    assert sorted(path.name for path in Path(config.out).iterdir()) == [".lock"]

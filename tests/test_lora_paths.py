@@ -13,7 +13,7 @@ from seminft_bench.bench.samples import BenchSet
 from seminft_bench.cli.bench import app as bench_app
 from seminft_bench.cli.train import app as train_app
 from seminft_bench.imaging import sample_photo
-from seminft_bench.model.lora import LORA_FILE, RECORD_FILE, LoraFileError, lora_file
+from seminft_bench.model.lora import LORA_FILE, RECORD_FILE, LoraFileError, lora_file, lora_fingerprint
 from seminft_bench.model.pipeline import SemiNFTPipeline
 from test_model_nft_loop import write_coldstart_lora, write_pairs
 
@@ -118,3 +118,25 @@ def test_seminft_bench_run_and_restore_stop_in_one_line_before_any_work(kind, go
     ])  # fmt: skip
     assert_one_line_naming(restore, path, words)
     assert not (tmp_path / "restored").exists()
+
+
+def test_a_lora_fingerprint_follows_what_the_file_holds_not_its_header_order(good, tmp_path):
+    """safetensors writes the header's metadata in a per-process order: the same LoRA saved twice can differ byte for
+    byte, and must keep its fingerprint (NFT's run identity and the benchmark's cells rest on it)."""
+    import json
+
+    data = (good / LORA_FILE).read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    metadata = header.pop("__metadata__")
+    reordered = json.dumps({"__metadata__": dict(reversed(metadata.items())), **dict(reversed(header.items()))}).encode()
+    reordered += b" " * (-len(reordered) % 8)
+    same = tmp_path / "same.safetensors"
+    same.write_bytes(len(reordered).to_bytes(8, "little") + reordered + data[8 + size :])
+    assert same.read_bytes() != data and lora_fingerprint(same) == lora_fingerprint(good)
+
+    changed = bytearray(data)
+    changed[-1] ^= 1  # one bit of the last tensor's values
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(bytes(changed))
+    assert lora_fingerprint(other) != lora_fingerprint(good)

@@ -13,6 +13,7 @@ whole LoRA file, so a wrong path or a cut file fails in one line that names it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -189,6 +190,22 @@ def _safetensors_problem(file: Path) -> str | None:
             return f"unreadable header ({error})"
     expected = 8 + length + max(ends, default=0)
     return None if size == expected else f"{size} bytes, its header describes {expected}"
+
+
+def lora_fingerprint(path: str | Path) -> str:
+    """SHA-256 of what the LoRA at ``path`` holds (its metadata, and each tensor's name, dtype, shape and values),
+    not of its bytes: safetensors writes the header's metadata in a per-process order, so one LoRA saved twice
+    differs byte for byte while holding the same."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(lora_file(path), framework="pt") as handle:
+        digest.update(json.dumps(handle.metadata() or {}, sort_keys=True).encode())
+        for name in sorted(handle.keys()):
+            tensor = handle.get_tensor(name).contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_record(path: str | Path) -> LoraRecord | None:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from seminft_bench.fileio import file_sha256
 from seminft_bench.imaging import read_image
 from seminft_bench.model.caches import LatentCache, vae_identity
 from seminft_bench.model.components import TINY_PREFIX
@@ -43,12 +44,12 @@ from seminft_bench.model.lora import (
     adapter_parameters,
     add_lora,
     check_compatible,
+    lora_fingerprint,
     read_record,
     save_lora,
     set_trainable,
-    weights_file,
 )
-from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir, file_sha256
+from seminft_bench.model.pipeline import SemiNFTPipeline, default_cache_dir
 from seminft_bench.model.rewards import (
     ColorStatsReward,
     OfflineSample,
@@ -349,7 +350,7 @@ def _train(config: NFTConfig, run: training.RunFolder, tiny: bool, resume, fork,
     coldstart = check_coldstart(config)
     identity = training.run_identity(config, base, world, {
         "dataset": training.data_fingerprint(pairs),
-        "coldstart_lora": file_sha256(weights_file(coldstart)) if coldstart else None,
+        "coldstart_lora": lora_fingerprint(coldstart) if coldstart else None,
         "offline_samples": file_sha256(Path(config.offline_samples)) if config.offline_samples else None,
         "reward_config": file_sha256(Path(config.reward_config)) if config.reward_config else None,
     })  # fmt: skip

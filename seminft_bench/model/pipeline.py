@@ -15,7 +15,6 @@ this base, and refuses LoRAs stacked with it that were trained otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -30,7 +29,14 @@ from seminft_bench.imaging import ImageSource, read_image, to_array
 from seminft_bench.model.caches import PromptEmbeddings, PromptEncoder
 from seminft_bench.model.components import DEFAULT_BASE, FluxComponents, base_identity
 from seminft_bench.model.conditioning import image_ids, pack_latents, unpack_latents
-from seminft_bench.model.lora import LoraMismatchError, LoraRecord, check_compatible, lora_file, read_record, weights_file
+from seminft_bench.model.lora import (
+    LoraMismatchError,
+    LoraRecord,
+    check_compatible,
+    lora_file,
+    lora_fingerprint,
+    read_record,
+)
 from seminft_bench.model.transformer import ConditionCache, SemiNFTTransformer
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
 
@@ -420,8 +426,8 @@ class SemiNFTPipeline:
         return torch.full((batch,), scale, device=self.device, dtype=torch.float32)
 
     def lora_hashes(self) -> dict[str, str]:
-        """SHA-256 of each loaded LoRA file, by adapter name (what a benchmark cell is keyed by)."""
-        return {name: file_sha256(weights_file(path)) for name, path in self.lora_files.items()}
+        """`lora.lora_fingerprint` of each loaded LoRA, by adapter name (what a benchmark cell is keyed by)."""
+        return {name: lora_fingerprint(path) for name, path in self.lora_files.items()}
 
 
 def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.Module, path: Path) -> None:
@@ -440,14 +446,6 @@ def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.M
     if not state_dict or problems:
         shown = first_few(problems, 3) or "no LoRA layers in the file"
         raise LoraMismatchError(f"{path} is not a LoRA for this FLUX transformer: {shown}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:

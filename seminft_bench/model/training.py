@@ -37,20 +37,21 @@ import torch
 from PIL import Image
 
 from seminft_bench.errors import first_few
-from seminft_bench.fileio import FolderLock, JsonLines, atomic_write_text, remove_partial_writes
+from seminft_bench.fileio import FolderLock, JsonLines, atomic_write_text, file_sha256, remove_partial_writes
 from seminft_bench.imaging import image_grid, read_image, write_png
 from seminft_bench.model.caches import LatentCache, LatentKey, PromptEncoder, image_digest
 from seminft_bench.model.components import TINY_PREFIX
 from seminft_bench.model.config import save_config
 from seminft_bench.model.lora import LORA_FILE, load_lora_state, lora_state, save_lora
-from seminft_bench.model.pipeline import RESIZE_RULE, SemiNFTPipeline, file_sha256
+from seminft_bench.model.pipeline import RESIZE_RULE, SemiNFTPipeline
 
 CHECKPOINTS = "checkpoints"
 RUN_FILE = "run.json"
 MANIFEST = "manifest.json"
-IDENTITY_EXEMPT = ("out", "steps", "log_every", "validate_every", "checkpoint_every")
-"""What a resume may change: where the run lies, its step budget and how often it reports. Every other
-setting decides the weights a step makes, so together they are the run's identity."""
+IDENTITY_EXEMPT = ("out", "steps", "log_every", "validate_every", "checkpoint_every", "reward_base_url")
+"""What a resume may change: where the run lies, its step budget, how often it reports, and the address of
+the server that runs the reward model (the model itself is ``reward_judge``). Every other setting decides
+the weights a step makes, so together they are the run's identity."""
 INPUT_FIELDS = ("dataset", "coldstart_lora", "offline_samples", "reward_config")
 """Settings that name files: the identity holds a hash of what they hold, not the path, so a moved
 dataset is the same run and an edited one is not."""
