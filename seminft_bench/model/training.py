@@ -405,7 +405,7 @@ class RunFolder:
     """
 
     def __init__(self, out: Path, job: str):
-        self.out, self.job = Path(out), job
+        self.out = Path(out)
         self.lock = FolderLock(self.out, job=job)
         self.run = ""
         """The identity digest, once claimed: every checkpoint's manifest carries it."""
