@@ -1,14 +1,19 @@
 """SemiNFTTransformer on a tiny random FLUX: faithful to diffusers, branch-isolated, cacheable."""
 
 import copy
+import contextlib
+from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from peft import LoraConfig
 
 from seminft_bench.model.components import TINY_TRANSFORMER
 from seminft_bench.model.conditioning import branch_attention_mask, image_ids, pack_latents
+from seminft_bench.model import transformer
 from seminft_bench.model.transformer import SemiNFTTransformer
 
 LATENT_CHANNELS = 4  # packed: 16 = FLUX in_channels
@@ -26,12 +31,13 @@ def packed(branch: int, height: int, width: int, seed: int, batch: int = 1) -> t
     return pack_latents(latents), image_ids(branch, height, width)
 
 
-def inputs(noisy=(8, 8), reference=(8, 8), source=(8, 8), t=0.7, guidance=True, seed=0, batch=1) -> dict:
-    """Keyword arguments of `SemiNFTTransformer.forward` for random branches of the given latent sizes."""
+def inputs(noisy=(8, 8), reference=(8, 8), source=(8, 8), t=0.7, guidance=True, seed=0, batch=1, pairs=1) -> dict:
+    """Keyword arguments of `SemiNFTTransformer.forward` for random branches of the given latent sizes,
+    `pairs` (1, or `batch`) reference/source pairs."""
     generator = torch.Generator().manual_seed(seed + 100)
     noisy_tokens, noisy_ids = packed(0, *noisy, seed, batch)
-    reference_tokens, reference_ids = packed(1, *reference, seed + 1)
-    source_tokens, source_ids = packed(2, *source, seed + 2)
+    reference_tokens, reference_ids = packed(1, *reference, seed + 1, pairs)
+    source_tokens, source_ids = packed(2, *source, seed + 2, pairs)
     return dict(
         noisy=noisy_tokens,
         noisy_ids=noisy_ids,
@@ -48,13 +54,15 @@ def inputs(noisy=(8, 8), reference=(8, 8), source=(8, 8), t=0.7, guidance=True, 
 
 
 def cached_forward(model: SemiNFTTransformer, kwargs: dict) -> torch.Tensor:
+    """The forward through a cache built from the conditions (one pair shared by the batch, or one per sample)."""
+    pairs = kwargs["reference"].shape[0]
     cache = model.build_condition_cache(
-        kwargs["reference"][:1],
+        kwargs["reference"],
         kwargs["reference_ids"],
-        kwargs["source"][:1],
+        kwargs["source"],
         kwargs["source_ids"],
-        kwargs["pooled_projections"][:1],
-        None if kwargs["guidance"] is None else kwargs["guidance"][:1],
+        kwargs["pooled_projections"][:pairs],
+        None if kwargs["guidance"] is None else kwargs["guidance"][:pairs],
     )
     return model(**{**kwargs, "reference": None, "source": None}, cache=cache)
 
@@ -235,3 +243,114 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.flux.enable_gradient_checkpointing()
     for a, b in zip(plain, gradients(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- branch attention against its mask
+
+BRANCH_SIZES = {
+    "non-square, mismatched": dict(noisy=(12, 8), reference=(8, 16), source=(6, 10)),  # 6×4, 4×8, 3×5 tokens
+    "no source": dict(noisy=(8, 4), reference=(4, 8), source=(0, 0)),
+}
+ATOL, RTOL = 1e-5, 1e-4  # float32 rounding of reordered reductions
+INPUT_LEAVES = ("noisy", "reference", "source", "encoder_hidden_states", "pooled_projections")
+
+
+@contextlib.contextmanager
+def masked_attention(leak: tuple[str, str] | None = None) -> Iterator[None]:
+    """Attention as the definition has it, in place of the processor's per-branch calls: one SDPA
+    call over `[main | reference | source]` with `branch_attention_mask`. `leak` = (rows, columns),
+    branch names among main/reference/source, also lets those rows attend those columns."""
+
+    def attention(query, key, value, condition_sizes, condition_kv, backend):
+        assert condition_kv is None, "the definition is the forward without a cache"
+        n_main = query.shape[1] - sum(condition_sizes)
+        mask = branch_attention_mask(0, n_main, *condition_sizes)
+        if leak is not None:
+            bounds = torch.tensor([0, n_main, *condition_sizes]).cumsum(0).tolist()
+            spans = {name: slice(a, b) for name, a, b in zip(("main", "reference", "source"), bounds, bounds[1:])}
+            mask[spans[leak[0]], spans[leak[1]]] = True
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+
+    with mock.patch.object(transformer, "_branch_attention", attention):
+        yield
+
+
+def full_forward(model: SemiNFTTransformer, kwargs: dict) -> torch.Tensor:
+    return model(**kwargs)
+
+
+def output_and_gradients(model: SemiNFTTransformer, kwargs: dict, forward: Callable) -> list[torch.Tensor]:
+    """The output, then the gradients of a fixed random projection of it w.r.t. the inputs and every
+    trainable parameter (all weights, or only the LoRA when there is one)."""
+    leaves = {name: kwargs[name].detach().clone().requires_grad_() for name in INPUT_LEAVES}
+    model.zero_grad(set_to_none=True)
+    out = forward(model, {**kwargs, **leaves})
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(5))).sum().backward()
+    gradients = [leaf.grad for leaf in leaves.values()] + [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in gradients)
+    return [out.detach(), *gradients]
+
+
+def with_random_lora(model: SemiNFTTransformer) -> SemiNFTTransformer:
+    model.flux.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_mlp", "ff.net.2"])
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.flux.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("sizes", BRANCH_SIZES.values(), ids=BRANCH_SIZES.keys())
+@pytest.mark.parametrize("trainable", ["weights", "lora"])
+@pytest.mark.parametrize("cache", [False, True], ids=["cache off", "cache on"])
+def test_branch_attention_equals_masked_definition_with_gradients(sizes, trainable, cache):
+    model = SemiNFTTransformer(tiny_flux())
+    if trainable == "lora":
+        model = with_random_lora(model)
+        assert not any(p.requires_grad for name, p in model.named_parameters() if "lora_" not in name)
+    kwargs = inputs(**sizes, batch=2, pairs=2)
+    with masked_attention():
+        expected = output_and_gradients(model, kwargs, full_forward)
+    actual = output_and_gradients(model, kwargs, cached_forward if cache else full_forward)
+    for a, b in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("leak", [("reference", "source"), ("source", "reference"), ("reference", "main"), ("source", "main")])
+@torch.no_grad()
+def test_masked_definition_tells_a_leaking_branch_apart(leak):
+    """Had the split let `leak[0]` queries read `leak[1]` keys, the comparison above would fail on the
+    output alone, even at ten times its tolerance."""
+    model = SemiNFTTransformer(tiny_flux())
+    kwargs = inputs(**BRANCH_SIZES["non-square, mismatched"], batch=2, pairs=2)
+    with masked_attention(leak):
+        leaking = model(**kwargs)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(model(**kwargs), leaking, atol=10 * ATOL, rtol=10 * RTOL)
+
+
+@torch.no_grad()
+def test_attention_is_unmasked_one_call_per_branch_on_the_set_backend(monkeypatch):
+    model = SemiNFTTransformer(tiny_flux())
+    model.flux.set_attention_backend("native")
+    kwargs = inputs(**BRANCH_SIZES["non-square, mismatched"], batch=2, pairs=2)
+    n_main, n_reference, n_source = TEXT_TOKENS + 24, 32, 15
+    calls = []
+
+    def spy(query, key, value, attn_mask=None, **options):
+        calls.append((query.shape[1], key.shape[1], attn_mask, options["backend"]))
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, **options)
+
+    monkeypatch.setattr(transformer, "dispatch_attention_fn", spy)
+    native = AttentionBackendName.NATIVE
+    n_all = n_main + n_reference + n_source
+    per_branch = [(n_reference, n_reference, None, native), (n_source, n_source, None, native)]
+    model(**kwargs)
+    assert calls == [(n_main, n_all, None, native), *per_branch] * 4
+    calls.clear()
+    cached_forward(model, kwargs)  # conditions alone once, then main queries against own + cached keys
+    assert calls == per_branch * 4 + [(n_main, n_all, None, native)] * 4

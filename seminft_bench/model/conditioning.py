@@ -59,7 +59,8 @@ def branch_attention_mask(
 
     Main-branch rows (text + noisy) attend every token; reference rows attend only the
     reference, source rows only the source, so neither condition reads the noisy latent, the
-    text, or the other condition.
+    text, or the other condition. This is the definition (tests compare with it): `transformer`
+    computes the same attention as unmasked calls, one per branch, never building the mask.
     """
     n_main = n_text + n_noisy
     total = n_main + n_reference + n_source

@@ -1,28 +1,33 @@
-"""FLUX forward for SemiNFT: per-branch modulation, the branch mask and the condition KV cache.
+"""FLUX forward for SemiNFT: per-branch modulation, branch attention and the condition KV cache.
 
 The sequence is `[text | noisy | reference | source]` (see `conditioning`). diffusers' FLUX
 blocks modulate all image tokens with one `temb`; here the condition tokens (reference and
 source) get a `temb` of their own, by default that of t = 0 with the same guidance and pooled
-text embedding, as OminiControl does. With the branch mask, condition tokens attend only
-their own branch, so their hidden states, keys and values in every block depend neither on
-the noisy latent, nor on the text, nor on the denoising step: `build_condition_cache`
-computes them once and every step then runs only text + noisy tokens against them.
+text embedding, as OminiControl does. Condition tokens attend only their own branch
+(`conditioning.branch_attention_mask`), so their hidden states, keys and values in every block
+depend neither on the noisy latent, nor on the text, nor on the denoising step:
+`build_condition_cache` computes them once and every step then runs only text + noisy tokens
+against them.
+
+That mask is never built here: attention runs as one unmasked call per branch (main queries
+against every key, each condition against its own keys), which computes no score the mask
+would discard and leaves SDPA free to pick its flash kernels, or whichever backend diffusers'
+`attention_backend` / `set_attention_backend` selects.
 
 The block forwards below reuse the blocks' own submodules (norms, projections, feed-forwards),
 so weights are shared with the wrapped `FluxTransformer2DModel` and PEFT LoRA layers on it
 are used as they are.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import FluxTransformer2DModel
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
-
-from seminft_bench.model.conditioning import branch_attention_mask
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,11 +46,13 @@ class ConditionCache:
 
 
 class BranchAttnProcessor:
-    """FLUX joint attention through diffusers' attention dispatch, with a boolean mask.
+    """FLUX joint attention over SemiNFT's branches through diffusers' attention dispatch.
 
-    `condition_kv` appends cached condition keys/values to those of this call's tokens;
-    `kv_out`, when given, collects this call's keys/values (to build a `ConditionCache`).
-    Without either, and without a mask, it computes what diffusers' `FluxAttnProcessor` does.
+    The call's sequence is the main branch (text + noisy, possibly empty) followed by condition
+    branches of `condition_sizes` tokens. `condition_kv` appends cached condition keys/values to
+    those the main branch attends; `kv_out`, when given, collects this call's keys/values (to
+    build a `ConditionCache`). Without conditions it computes what diffusers' `FluxAttnProcessor`
+    does without a mask.
     """
 
     _attention_backend = None
@@ -57,26 +64,59 @@ class BranchAttnProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: KeyValue | None = None,
+        condition_sizes: Sequence[int] = (),
         condition_kv: KeyValue | None = None,
         kv_out: list[KeyValue] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if attention_mask is not None:
+            raise ValueError("BranchAttnProcessor takes no attention_mask: the branch structure is its condition_sizes")
         query, key, value = _joint_projections(attn, hidden_states, encoder_hidden_states)
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         if kv_out is not None:
             kv_out.append((key, value))
-        if condition_kv is not None:
-            batch = key.shape[0]
-            key = torch.cat([key, condition_kv[0].expand(batch, -1, -1, -1)], dim=1)
-            value = torch.cat([value, condition_kv[1].expand(batch, -1, -1, -1)], dim=1)
 
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend)
+        out = _branch_attention(query, key, value, condition_sizes, condition_kv, self._attention_backend)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
         text, image = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
         return attn.to_out[1](attn.to_out[0](image)), attn.to_add_out(text)
+
+
+def _branch_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    condition_sizes: Sequence[int],
+    condition_kv: KeyValue | None,
+    backend: AttentionBackendName | None,
+) -> torch.Tensor:
+    """`branch_attention_mask`'s attention as unmasked calls, one per non-empty branch.
+
+    `[B, L, heads, head_dim]` tensors whose last `sum(condition_sizes)` tokens are condition
+    branches: main rows attend every key (and `condition_kv`), each condition branch only its
+    own keys. Equal to the masked call up to float rounding, without computing the scores the
+    mask discards (condition queries against other branches' keys); a branch of no tokens (no
+    reference or source, or no main rows while building a cache) makes no call.
+    """
+    n_main = query.shape[1] - sum(condition_sizes)
+    main_key, main_value = key, value
+    if condition_kv is not None:
+        batch = key.shape[0]
+        main_key = torch.cat([key, condition_kv[0].expand(batch, -1, -1, -1)], dim=1)
+        main_value = torch.cat([value, condition_kv[1].expand(batch, -1, -1, -1)], dim=1)
+
+    calls = [(query[:, :n_main], main_key, main_value)]
+    start = n_main
+    for size in condition_sizes:
+        own = slice(start, start + size)
+        calls.append((query[:, own], key[:, own], value[:, own]))
+        start += size
+    return torch.cat(
+        [dispatch_attention_fn(q, k, v, backend=backend) for q, k, v in calls if q.shape[1]], dim=1
+    )
 
 
 def _heads(attn: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -182,10 +222,10 @@ def _single_stream_block(
 
 class SemiNFTTransformer(torch.nn.Module):
     """A `FluxTransformer2DModel` (`.flux`, shared, not copied) run on SemiNFT's three image
-    branches with the branch mask, per-branch modulation and an optional condition KV cache.
+    branches with branch attention, per-branch modulation and an optional condition KV cache.
 
     Installs `BranchAttnProcessor` on every attention layer of `.flux`; called directly,
-    `.flux` still computes plain FLUX (no mask is passed there).
+    `.flux` still computes plain FLUX (no condition branches are passed there).
     """
 
     def __init__(self, flux: FluxTransformer2DModel):
@@ -229,11 +269,8 @@ class SemiNFTTransformer(torch.nn.Module):
             if condition_timestep is not None:
                 condition_t = torch.full_like(timestep, condition_timestep)
                 condition_temb = self._time_embedding(condition_t, guidance, pooled_projections, conditions.dtype)
-            mask = branch_attention_mask(
-                text.shape[1], noisy.shape[1], reference.shape[1], source.shape[1], device=noisy.device
-            )
             ids = torch.cat([txt_ids, noisy_ids, reference_ids, source_ids], dim=0)
-            attention = [{"attention_mask": mask[None, None]}] * self._num_blocks
+            attention = [{"condition_sizes": (reference.shape[1], source.shape[1])}] * self._num_blocks
         else:
             if cache.condition_timestep != condition_timestep:
                 raise ValueError(
@@ -273,9 +310,8 @@ class SemiNFTTransformer(torch.nn.Module):
         conditions = self.flux.x_embedder(torch.cat([reference, source], dim=1))
         condition_t = torch.full(conditions.shape[:1], condition_timestep, device=conditions.device)
         condition_temb = self._time_embedding(condition_t, guidance, pooled_projections, conditions.dtype)
-        mask = branch_attention_mask(0, 0, reference.shape[1], source.shape[1], device=conditions.device)
         kv: list[KeyValue] = []
-        attention = [{"attention_mask": mask[None, None], "kv_out": kv}] * self._num_blocks
+        attention = [{"condition_sizes": (reference.shape[1], source.shape[1]), "kv_out": kv}] * self._num_blocks
         rotary = self.flux.pos_embed(torch.cat([reference_ids, source_ids], dim=0))
         empty = conditions[:, :0]
         self._run_blocks(empty, empty, conditions, condition_temb, condition_temb, rotary, attention, False)
