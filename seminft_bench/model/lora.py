@@ -25,6 +25,7 @@ import torch
 from seminft_bench.errors import first_few
 from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
 from seminft_bench.model.components import lora_target_regex
+from seminft_bench.quiet import stacking_adapters
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 RECORD_FILE = "seminft_lora.json"
@@ -102,7 +103,7 @@ def add_lora(
     config = LoraConfig(
         r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=lora_target_regex(target_modules)
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), stacking_adapters():
         torch.manual_seed(seed)
         flux.add_adapter(config, adapter_name=adapter)
     cast_training_params(flux, dtype=torch.float32)

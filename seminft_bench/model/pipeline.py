@@ -39,6 +39,7 @@ from seminft_bench.model.lora import (
 )
 from seminft_bench.model.transformer import ConditionCache, SemiNFTTransformer
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
+from seminft_bench.quiet import stacking_adapters
 
 DEFAULT_PIXEL_AREA = 512 * 512
 """The working area when nothing says otherwise. The paper gives no resolution; 512² is OminiControl's
@@ -160,10 +161,11 @@ class SemiNFTPipeline:
                         self.components.transformer, path)  # fmt: skip
         if record is not None:
             self._check(record, str(file))
-        FluxPipeline.load_lora_into_transformer(
-            state_dict, network_alphas=alphas or None, transformer=self.components.transformer,
-            adapter_name=adapter_name, metadata=metadata,
-        )
+        with stacking_adapters():
+            FluxPipeline.load_lora_into_transformer(
+                state_dict, network_alphas=alphas or None, transformer=self.components.transformer,
+                adapter_name=adapter_name, metadata=metadata,
+            )
         self.lora_files[adapter_name] = path
         self.lora_on[adapter_name] = record.lora_on if record else "all"
         if record is not None:  # run as trained
