@@ -95,10 +95,11 @@ def test_run_fills_every_cell_and_reports_not_computed(tmp_path, server, bench_s
     assert "metric dino" in summary.not_computed and summary.failed == 0
 
     report = (out / "report.md").read_text()
-    assert "not computed" in report and "DINO" in report
-    assert "gpt-4o" in report and "Reward" in report
+    header = next(line for line in report.splitlines() if line.startswith("| Method"))
+    assert "gpt-4o" in header and "Reward" in header and "Success" not in header  # success needs DINO: no value
+    assert "- metric dino: DINO" in report and "- metric success: needs dino" in report
     csv_text = (out / "summary.csv").read_text()
-    assert "success_mean" in csv_text and "not computed" in csv_text
+    assert "psnr_mean" in csv_text and "success_mean" not in csv_text
     html = (out / "report.html").read_text()
     assert "inputs/reference/s0.png" in html and "outputs/oracle/s0.png" in html and "data:image/png;base64" in html
     assert "\\textbf" in (out / "report.tex").read_text() or "identity" in (out / "report.tex").read_text()
@@ -183,8 +184,8 @@ def test_unavailable_judges_and_methods_are_skipped_with_one_line(tmp_path, benc
     assert any("OPENAI_API_KEY" in line for line in logged)
     assert set(summary.not_computed) == {"judge gpt-4o", "method predictions:" + str(tmp_path / "nowhere")}
     table = (tmp_path / "run" / "report.md").read_text()
-    header, _, identity = [line for line in table.splitlines() if line.startswith("|")][:3]
-    assert "gpt-4o" in header and "not computed" in identity
+    header = next(line for line in table.splitlines() if line.startswith("| Method"))
+    assert "gpt-4o" not in header and "- judge gpt-4o: " in table and "OPENAI_API_KEY" in table
 
 
 def test_report_rebuilds_from_results_alone(tmp_path, server, bench_set):

@@ -144,6 +144,34 @@ def test_values_under_other_settings_are_never_shown(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(info))
     table = build_table(report_module.read_records(tmp_path / "results.jsonl"), info)
     assert table.cells.get(("a", "psnr")) is None
+    assert table.columns == [] and table.not_computed == {"metric psnr": report_module.NOT_COMPUTED_YET}
+
+
+def test_a_column_without_any_value_is_listed_only_under_not_computed(tmp_path):
+    info = planted_run(tmp_path, psnr_column({"a": [30.0, 31.0], "b": [20.0, 21.0]}), metrics=("psnr", "lpips"))
+    info["not_computed"] = {"metric lpips": "LPIPS needs weights missing from the torch cache: PATH"}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    table = build_table(report_module.read_records(tmp_path / "results.jsonl"), info)
+    assert [c.key for c in table.columns] == ["psnr"] and table.not_computed == info["not_computed"]
+
+    write_reports(tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| Method | PSNR ↑ | Failed cells |" in markdown and "not computed |" not in markdown
+    assert "## Not computed\n\n- metric lpips: LPIPS needs weights missing from the torch cache: PATH" in markdown
+    html = (tmp_path / "report.html").read_text()
+    assert "<th>LPIPS" not in html and "<li>metric lpips: LPIPS needs weights" in html
+    assert "lpips" not in (tmp_path / "summary.csv").read_text() and "LPIPS" not in (tmp_path / "report.tex").read_text()
+
+
+def test_a_column_with_one_computed_cell_or_a_failed_one_stays(tmp_path):
+    values = {"a": {"s0": {"metric:psnr": 30.0, "metric:ssim": 0.5}, "s1": {}}, "b": {"s0": {}, "s1": {}}}
+    info = planted_run(tmp_path, values, metrics=("psnr", "ssim"), failures={("s0", "a", "metric:ssim")})
+    table = build_table(report_module.read_records(tmp_path / "results.jsonl"), info)
+    assert [c.key for c in table.columns] == ["psnr", "ssim"] and table.not_computed == {}
+    assert table.cells["a", "psnr"].n == 1 and table.cells["b", "psnr"] is None
+    assert table.cells["a", "ssim"] is None and table.failed == {"a": 1, "b": 0}  # the failure is counted, in sight
+    write_reports(tmp_path)
+    assert "| b | not computed | not computed | 0 |" in (tmp_path / "report.md").read_text()
 
 
 def test_agreement_leaves_the_bounds_out_and_sanity_shows_them(tmp_path):

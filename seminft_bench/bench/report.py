@@ -10,7 +10,9 @@ method with values in that column completed (the others are listed with the reas
 paired-bootstrap 95% intervals. Bold marks the best method only where the paired interval
 of its difference to the runner-up excludes 0; otherwise the methods not significantly worse
 than the best are marked as tied. The bounds (identity, reference, oracle) are shown for
-context and never ranked. A column that could not be computed says "not computed", never 0.
+context and never ranked. A column without a value in any cell (a judge without an API key, a
+metric without weights) is left out of the tables and listed under "Not computed" with the
+reason, unless some of its cells failed; a cell without a value says "not computed", never 0.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from seminft_bench.fileio import atomic_write_text
 
 BOUNDS = ("identity", "reference", "oracle")
 NOT_COMPUTED = "not computed"
+NOT_COMPUTED_YET = "no value under the current settings yet (run `seminft-bench run` on this folder again)"
+"""Why a column is not computed when run.json gives no reason: the run stopped before it, or its settings changed."""
 MAX_GRID_SAMPLES = 50
 MIN_RANKED_SAMPLES = 10
 """Below this many common samples nothing is marked: a percentile bootstrap calls any difference that has
@@ -110,15 +114,20 @@ def current_values(records: dict, info: dict, method: str, col: Column) -> dict[
 
 
 def build_table(records: dict, info: dict) -> Table:
+    """The table of the run's current values: only the columns with a value or a failure in some cell; the others
+    go to ``not_computed`` (with run.json's reason: no API key, no weights…), so no row is a line of "not computed"."""
     methods = list(info.get("methods", []))
-    table = Table(methods, [], {}, {m: _failed_cells(records, info, m) for m in methods}, not_computed=info.get("not_computed", {}))
+    failed = {m: _failed_cells(records, info, m) for m in methods}
+    table = Table(methods, [], {}, failed, not_computed=dict(info.get("not_computed", {})))
     for col in columns(info):
         values = {m: current_values(records, info, m, col) for m in methods}
         compared = [m for m in methods if values[m]]
         if not compared:
-            if col.not_computed_as in table.not_computed or any(_errors(records, info, m, col.cell) for m in methods):
+            if any(_errors(records, info, m, col.cell) for m in methods):  # its failures stay in sight
                 table.columns.append(col)
                 table.cells.update({(m, col.key): None for m in methods})
+            else:
+                table.not_computed.setdefault(col.not_computed_as, NOT_COMPUTED_YET)
             continue
         table.columns.append(col)
         common = [s for s in info.get("samples", []) if all(s in values[m] for m in compared)]
