@@ -20,6 +20,7 @@ import time
 import torch
 from diffusers import FluxTransformer2DModel
 
+from seminft_bench.model import plan
 from seminft_bench.model.components import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 from seminft_bench.model.conditioning import image_ids
 from seminft_bench.model.config import LORA_TARGET_MODULES, SFTConfig
@@ -151,19 +152,28 @@ def main() -> None:
     batch = inputs(config, grid, text_tokens, device, dtype)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{'tiny' if args.tiny else 'FLUX.1-dev-sized'} transformer, {dtype}, on {name}: 3 x {grid * grid} image + {text_tokens} text tokens")
+    card = plan.gpu_of(name)
+    base, side = ("tiny:0", 8 * grid) if args.tiny else ("black-forest-labs/FLUX.1-dev", 16 * grid)
+    sft_plan = plan.plan_sft(SFTConfig(base=base, resolution=side), card).figures
+    print(f"  beside each figure, in brackets: `seminft-train plan` for {card.name} at {plan.UTILISATION:.0%} utilisation")
     sft_batch = latents(config, grid, text_tokens, device, dtype)
     for lora_on in ("all", "main"):
         for checkpointing in (False, True):
             seconds, peak = sft_step_seconds(model, sft_batch, lora_on, checkpointing, device, args.repeats)
-            print(f"  SFT step, lora_on {lora_on:4}, checkpointing {'on ' if checkpointing else 'off'}: {seconds:.3f} s, peak {peak:.1f} GiB")
+            planned = sft_plan[f"peak {'on' if checkpointing else 'off'} {lora_on}"] / 2**30
+            print(f"  SFT step, lora_on {lora_on:4}, checkpointing {'on ' if checkpointing else 'off'}: {seconds:.3f} s "
+                  f"[{sft_plan['step seconds']:.3f} s at rank 16], peak {peak:.1f} GiB [{planned:.1f} GiB]")  # fmt: skip
+    infer_plan = plan.plan_infer(base, side, card, {"coldstart": (16, 16)}, LORA_TARGET_MODULES, args.steps).figures
     plain = inference_seconds(model, batch, cached=False, steps=args.steps, device=device)
     cached = inference_seconds(model, batch, cached=True, steps=args.steps, device=device)
-    print(f"  {args.steps}-step inference: no cache {plain:.2f} s, condition cache {cached:.2f} s: {plain / cached:.2f}x")
+    print(f"  {args.steps}-step inference: no cache {plain:.2f} s, condition cache {cached:.2f} s "
+          f"[{infer_plan['image seconds']:.2f} s]: {plain / cached:.2f}x")
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     seconds, peak = sft_step_seconds(build(config, device, dtype, float8=True), sft_batch, "all", True, device, args.repeats)
-    print(f"  SFT step, float8 base, lora_on all, checkpointing on: {seconds:.3f} s, peak {peak:.1f} GiB")
+    print(f"  SFT step, float8 base, lora_on all, checkpointing on: {seconds:.3f} s, peak {peak:.1f} GiB "
+          f"[{sft_plan['peak float8'] / 2**30:.1f} GiB]")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ took about 150 GPU-hours.
 
 import argparse
 import tempfile
+from dataclasses import replace
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransf
 from PIL import Image
 
 from seminft_bench.imaging import sample_photo
-from seminft_bench.model import nft
+from seminft_bench.model import nft, plan
 from seminft_bench.model.caches import LatentCache, PromptEmbeddings, PromptEncoder, image_digest
 from seminft_bench.model.components import (
     FLUX_DEV_TRANSFORMER, FLUX_DEV_VAE, FLUX_SCHEDULER_CONFIG, FluxComponents, tiny_components,
@@ -160,7 +161,12 @@ def main() -> None:
     for phase, value in seconds.items():
         print(f"  {phase:48} {value:7.2f} s  {100 * value / total:4.0f}%")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-    print(f"  iteration {total:.2f} s, peak memory {peak:.1f} GiB; loss {loss:.4f}, online reward {np.mean(rewards['reward/online_raw']):.3f}, {failed} failed")
+    card = plan.gpu_of(name)
+    planned = plan.plan_nft(replace(config, base="tiny:0" if args.tiny else config.base, groups_per_step=1,
+                                    offline_samples="anchors"), card).figures  # fmt: skip
+    print(f"  iteration {total:.2f} s [plan for {card.name}: {planned['group seconds']:.2f} s of transformer FLOPs at "
+          f"{plan.UTILISATION:.0%}], peak memory {peak:.1f} GiB [{planned['peak'] / 2**30:.1f} GiB]; loss {loss:.4f}, "
+          f"online reward {np.mean(rewards['reward/online_raw']):.3f}, {failed} failed")  # fmt: skip
     unit = "GPU-hours" if device.type == "cuda" else "hours on this CPU"
     print(f"  at this rate one update of {config.groups_per_step} groups takes {total * config.groups_per_step / 3600:.2f} {unit} "
           "(paper: about 150 GPU-hours for the RL stage)")

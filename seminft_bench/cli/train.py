@@ -132,6 +132,23 @@ def ablations_command(
         raise typer.Exit(1)
 
 
+@app.command("plan")
+def plan_command(
+    config: Optional[Path] = typer.Option(None, help="An sft or nft YAML config (the defaults without one)."),
+    kind: str = typer.Option("sft", help="sft | nft | infer"),
+    gpu: str = typer.Option("h100", help="h100 | h200 | a100-80g | l40s | rtx4090"),
+    processes: int = typer.Option(1, help="NFT: processes that share each step's groups."),
+) -> None:
+    """Memory per process, FLOPs and time of a config's steps at its real size, measured on the meta device: will it
+    fit the card, and how long will it take? No weights are read."""
+    from seminft_bench.model.plan import plan_config, render
+
+    try:
+        typer.echo(render(plan_config(kind, str(config) if config else None, gpu, processes)))
+    except (ValueError, FileNotFoundError) as error:
+        fail(error)
+
+
 @app.command("offline-example")
 def offline_example_command(
     pairs: str = typer.Option(..., help="RL pairs (or cold-start) folder to take sources and references from."),
