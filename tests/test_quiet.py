@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 from test_model_nft_loop import write_pairs
 from test_model_sft import write_coldstart
