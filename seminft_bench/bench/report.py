@@ -156,8 +156,9 @@ def _mark(table: Table, col: Column, rows: dict[str, np.ndarray]) -> None:
     table.tied[col.key] = [m for m in order if m == best or paired_difference(sign * rows[best], sign * rows[m]).low <= 0]
 
 
-def _exclusions(records, info, values, compared, common, col) -> dict[str, str]:
-    """Why each current sample left out of the column's comparison is missing, method by method."""
+def _exclusions(records, info, values, compared, common: list[str], col) -> dict[str, str]:
+    """Why each current sample left out of the column's comparison (``common``) is missing, method by method."""
+    common = set(common)  # membership in O(1): a column costs O(samples), not O(samples²)
     excluded = {}
     for sample in info.get("samples", []):
         if sample in common:

@@ -35,7 +35,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -275,8 +275,10 @@ class _Run:
         self.pools["metrics"] = ThreadPoolExecutor(1, "metrics")
         for column, judge in self.judges.items():
             self.pools[f"judge {column}"] = ThreadPoolExecutor(2 * self.options.concurrency, f"judge-{column}")
-        self.futures: list[Future] = []
+        self.unfinished = 0
+        """Tasks submitted and not yet finished: `wait` needs this count, never a scan of every task."""
         self.lock = threading.Lock()
+        self.finished = threading.Condition(self.lock)
         self.stopping = threading.Event()
         self.bars = {stage: tqdm(total=0, desc=stage, unit="cell", position=i, leave=True) for i, stage in enumerate(STAGES)}
         self.unrecorded: list[str] = []
@@ -345,24 +347,27 @@ class _Run:
         """Run ``task`` on ``pool``; anything it raises becomes an error on ``cells`` (the one place failures land)."""
 
         def guarded() -> None:
-            if self.stopping.is_set():
-                return
-            started = time.perf_counter()
+            started, ran = time.perf_counter(), not self.stopping.is_set()
             try:
-                task()
+                if ran:
+                    task()
             except Exception as error:  # noqa: BLE001 - any failure is a failed cell, never a lost one
                 self._record_errors(sample, method, cells, error)
             finally:
                 with self.lock:
-                    self.stage_seconds[stage] += time.perf_counter() - started
-                    self.bars[stage].update(1)
+                    if ran:
+                        self.stage_seconds[stage] += time.perf_counter() - started
+                        self.bars[stage].update(1)
+                    self.unfinished -= 1
+                    self.finished.notify_all()
 
         with self.lock:  # under the lock `stop` takes too, so nothing is submitted to a pool it shut down
             if self.stopping.is_set():
                 return
             self.bars[stage].total += 1
             self.bars[stage].refresh()
-            self.futures.append(self.pools[pool].submit(guarded))
+            self.unfinished += 1
+            self.pools[pool].submit(guarded)
 
     def start(self) -> None:
         for name in self.methods:
@@ -371,12 +376,9 @@ class _Run:
 
     def wait(self) -> None:
         """Until every task submitted (including those submitted by tasks) has finished."""
-        while True:
-            with self.lock:
-                pending = [future for future in self.futures if not future.done()]
-            if not pending:
-                return
-            wait(pending, timeout=0.5)  # a timeout keeps the main thread responsive to Ctrl-C
+        with self.finished:
+            while self.unfinished:
+                self.finished.wait(timeout=0.5)  # a timeout keeps the main thread responsive to Ctrl-C
 
     def stop(self) -> None:
         """Ctrl-C: queued tasks are dropped, running ones finish on their own without holding the process."""

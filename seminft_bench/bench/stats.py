@@ -37,15 +37,24 @@ def bootstrap_mean(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES
     return paired_bootstrap(x[None], resamples, seed)[0]
 
 
+BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
+"""Replicates are drawn in chunks of at most this many values (methods × replicates × samples, 32 MiB of float64),
+so the bootstrap's memory stays O(methods × samples) however many samples there are."""
+
+
 def paired_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[Estimate]:
     """Per row of ``values`` (methods × samples, the same samples in every row) its mean and 95% interval,
     from one bootstrap whose every replicate draws the sample ids once for all rows."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"expected a methods × samples array with at least one sample, got shape {x.shape}")
-    draws = np.random.default_rng(seed).integers(0, x.shape[1], size=(resamples, x.shape[1]))
-    with np.errstate(invalid="ignore"):
-        means = x[:, draws].mean(axis=2)  # rows × resamples
+    rng, samples = np.random.default_rng(seed), x.shape[1]
+    chunk = max(1, min(resamples, BOOTSTRAP_CHUNK_ELEMENTS // (samples * x.shape[0])))
+    means = np.empty((x.shape[0], resamples))  # rows × resamples
+    for start in range(0, resamples, chunk):  # the same draws, in order, as one (resamples × samples) array
+        draws = rng.integers(0, samples, size=(min(chunk, resamples - start), samples))
+        with np.errstate(invalid="ignore"):
+            means[:, start : start + len(draws)] = x[:, draws].mean(axis=2)
     low, high = np.quantile(means, [0.025, 0.975], axis=1, method="inverted_cdf")
     return [Estimate(float(m), float(lo), float(hi), x.shape[1]) for m, lo, hi in zip(x.mean(axis=1), low, high)]
 

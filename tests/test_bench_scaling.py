@@ -1,0 +1,72 @@
+"""The benchmark's costs that grew faster than its samples: each test checks the behaviour that keeps it linear
+(operations counted, memory traced), never a wall-clock time."""
+
+import tracemalloc
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+from test_bench_runner import bench_set  # noqa: F401 (a fixture)
+
+from seminft_bench.bench import report, stats
+from seminft_bench.bench.runner import RunOptions, run_benchmark
+
+
+def one_shot_bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap drawn in one (resamples × samples) array: what the chunked one must equal, draw for draw."""
+    draws = np.random.default_rng(seed).integers(0, values.shape[1], size=(resamples, values.shape[1]))
+    means = values[:, draws].mean(axis=2)
+    return tuple(np.quantile(means, [0.025, 0.975], axis=1, method="inverted_cdf"))
+
+
+@pytest.mark.parametrize(("samples", "chunk_elements"), [(7, 1 << 22), (300, 3 * 300 * 13), (301, 1)])
+def test_a_chunked_bootstrap_equals_the_one_shot_one_for_the_same_seed(samples, chunk_elements, monkeypatch):
+    monkeypatch.setattr(stats, "BOOTSTRAP_CHUNK_ELEMENTS", chunk_elements)
+    values = np.random.default_rng(1).normal(size=(3, samples))
+    low, high = one_shot_bootstrap(values, 2000, seed=5)
+    estimates = stats.paired_bootstrap(values, 2000, seed=5)
+    assert [e.low for e in estimates] == list(low) and [e.high for e in estimates] == list(high)
+
+
+def test_the_bootstraps_memory_is_bounded_by_methods_times_samples():
+    """8 methods × 20,000 samples: drawn at once, 2,000 replicates would hold 2.56 GB of means' inputs."""
+    values = np.random.default_rng(0).normal(size=(8, 20_000))
+    tracemalloc.start()
+    try:
+        stats.paired_bootstrap(values, 2000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * stats.BOOTSTRAP_CHUNK_ELEMENTS * 8 + values.nbytes  # a few chunks, never replicates × samples
+
+
+class CountedId(str):
+    """A sample id that counts the comparisons made with it."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        CountedId.comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_report_column_checks_each_sample_once_not_against_every_other():
+    samples = [CountedId(f"s{i}") for i in range(2000)]
+    values = {"a": {s: 1.0 for s in samples}, "b": {s: 1.0 for s in samples[::2]}}
+    common = [s for s in samples if s in values["b"]]
+    CountedId.comparisons = 0
+    column = type("Column", (), {"cell": "psnr"})()
+    report._exclusions({}, {"samples": samples}, values, ["a", "b"], common, column)
+    assert CountedId.comparisons < 10 * len(samples)  # scanning the list of common samples: about N²/4 = 1,000,000
+
+
+def test_waiting_for_a_run_never_scans_its_tasks(tmp_path, bench_set, monkeypatch):  # noqa: F811
+    scanned = []
+    done = Future.done
+    monkeypatch.setattr(Future, "done", lambda future: scanned.append(future) or done(future))
+    run = RunOptions(methods=["identity", "reinhard"], judges=[], reward=None, metrics=["psnr", "ssim"], cache=str(tmp_path / "c"))
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
+    assert summary.failed == 0 and (tmp_path / "run" / "outputs" / "reinhard" / "s2.png").is_file()
+    assert scanned == []  # the completion rule is a count of unfinished tasks
