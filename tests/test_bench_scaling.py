@@ -70,3 +70,14 @@ def test_waiting_for_a_run_never_scans_its_tasks(tmp_path, bench_set, monkeypatc
     summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
     assert summary.failed == 0 and (tmp_path / "run" / "outputs" / "reinhard" / "s2.png").is_file()
     assert scanned == []  # the completion rule is a count of unfinished tasks
+
+
+def test_help_and_report_do_not_import_torch(tmp_path):
+    """`seminft-bench --help` and `report` load the CLI, the runner, the report and the metric registry: no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, seminft_bench.cli.bench, seminft_bench.bench.report, seminft_bench.bench.runner; "
+            "from seminft_bench.bench.metrics import METRIC_NAMES; assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

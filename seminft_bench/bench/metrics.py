@@ -25,15 +25,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import importlib
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from seminft_bench.errors import MissingWeightsError
 from seminft_bench.imaging import to_array
 
-ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray | torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray | torch.Tensor]
+
+
+class _OnFirstUse:
+    """A module imported when first used: the registry's names, ``seminft-bench --help`` and ``report`` never
+    import torch (two seconds and most of a gigabyte); computing a metric does."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+torch = _OnFirstUse("torch")  # noqa: F811 (the module itself for type checkers)
+F = _OnFirstUse("torch.nn.functional")
 Values = float | np.ndarray
 
 SSIM_SIGMA = 1.5
@@ -61,7 +80,7 @@ Always report the threshold used with the ratio."""
 
 def psnr(
     pred: ImageInput, target: ImageInput, *, device: str | None = None,
-    dtype: torch.dtype = torch.float32, batch_size: int = 16,
+    dtype: torch.dtype | None = None, batch_size: int = 16,
 ) -> Values:
     """Peak signal-to-noise ratio in dB for data range 1, as ``skimage.metrics.peak_signal_noise_ratio``.
 
@@ -73,7 +92,7 @@ def psnr(
 
 def ssim(
     pred: ImageInput, target: ImageInput, *, device: str | None = None,
-    dtype: torch.dtype = torch.float32, batch_size: int = 16,
+    dtype: torch.dtype | None = None, batch_size: int = 16,
 ) -> Values:
     """Mean SSIM of Wang et al. over the three channels, equal to scikit-image's
     ``structural_similarity(pred, target, gaussian_weights=True, sigma=1.5,
@@ -362,18 +381,19 @@ def _blur_inside(maps: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
     return F.conv2d(maps, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-@torch.inference_mode()
 def _per_pair(
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pred: ImageInput, target: ImageInput, *,
-    device: str | None, dtype: torch.dtype, batch_size: int,
+    device: str | None, dtype: torch.dtype | None, batch_size: int,
 ) -> Values:
-    """Run ``metric`` (two B×3×H×W tensors in [0, 1] → B values) over every pair, ``batch_size`` at a time."""
+    """Run ``metric`` (two B×3×H×W tensors in [0, 1] → B values) over every pair, ``batch_size`` at a time
+    (in ``dtype``, float32 by default)."""
     pred, target, batch_shape = _as_pairs(pred, target)
-    run_on = _device(device)
-    values = [
-        metric(_unit(pred[i : i + batch_size], run_on, dtype), _unit(target[i : i + batch_size], run_on, dtype))
-        for i in range(0, len(pred), batch_size)
-    ]
+    run_on, dtype = _device(device), dtype or torch.float32
+    with torch.inference_mode():
+        values = [
+            metric(_unit(pred[i : i + batch_size], run_on, dtype), _unit(target[i : i + batch_size], run_on, dtype))
+            for i in range(0, len(pred), batch_size)
+        ]
     result = torch.cat(values).to("cpu", torch.float64).numpy().reshape(batch_shape)
     return float(result) if result.ndim == 0 else result
 
