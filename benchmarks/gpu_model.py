@@ -22,39 +22,10 @@ from diffusers import FluxTransformer2DModel
 
 from seminft_bench.model import plan
 from seminft_bench.model.components import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
-from seminft_bench.model.conditioning import image_ids
 from seminft_bench.model.config import LORA_TARGET_MODULES, SFTConfig
 from seminft_bench.model.lora import add_lora
 from seminft_bench.model.sft import flow_matching_loss
 from seminft_bench.model.transformer import SemiNFTTransformer
-
-def latents(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """An SFT batch as `sft.load_batch` gives it: VAE latents ``[1, C, 2·grid, 2·grid]`` per role and the prompt."""
-    shape = (1, config["in_channels"] // 4, 2 * grid, 2 * grid)
-    batch = {role: torch.randn(shape, device=device) for role in ("source", "reference", "target")}
-    batch["prompt_embeds"] = torch.randn(1, text_tokens, config["joint_attention_dim"], device=device, dtype=dtype)
-    batch["pooled_prompt_embeds"] = torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype)
-    batch["text_ids"] = torch.zeros(text_tokens, 3, device=device)
-    return batch
-
-
-def inputs(config: dict, grid: int, text_tokens: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Random packed branches on a grid × grid token layout (32 × 32 = 1,024 tokens for 512² at FLUX's 16×)."""
-    tokens = grid * grid
-    latent = 2 * grid  # image_ids takes the latent size; packing halves it
-
-    def branch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randn(1, tokens, config["in_channels"], device=device, dtype=dtype), image_ids(i, latent, latent, device=device)
-
-    (noisy, noisy_ids), (reference, reference_ids), (source, source_ids) = branch(0), branch(1), branch(2)
-    return dict(
-        noisy=noisy, noisy_ids=noisy_ids, reference=reference, reference_ids=reference_ids, source=source,
-        source_ids=source_ids, txt_ids=torch.zeros(text_tokens, 3, device=device),
-        encoder_hidden_states=torch.randn(1, text_tokens, config["joint_attention_dim"], device=device, dtype=dtype),
-        pooled_projections=torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype),
-        guidance=torch.full((1,), 3.5, device=device),
-    )
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -149,14 +120,15 @@ def main() -> None:
     config = TINY_TRANSFORMER if args.tiny else FLUX_DEV_TRANSFORMER
     grid, text_tokens = (4, 8) if args.tiny else (32, 512)
     model = build(config, device, dtype, float8=False)
-    batch = inputs(config, grid, text_tokens, device, dtype)
+    shapes = plan.Shapes(text_tokens, config["in_channels"] // 4, 2 * grid)  # grid × grid tokens a branch
+    batch = plan.packed_inputs(shapes, config, 1, dtype, device=device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{'tiny' if args.tiny else 'FLUX.1-dev-sized'} transformer, {dtype}, on {name}: 3 x {grid * grid} image + {text_tokens} text tokens")
     card = plan.gpu_of(name)
     base, side = ("tiny:0", 8 * grid) if args.tiny else ("black-forest-labs/FLUX.1-dev", 16 * grid)
     sft_plan = plan.plan_sft(SFTConfig(base=base, resolution=side), card).figures
     print(f"  beside each figure, in brackets: `seminft-train plan` for {card.name} at {plan.UTILISATION:.0%} utilisation")
-    sft_batch = latents(config, grid, text_tokens, device, dtype)
+    sft_batch = plan.sft_batch(shapes, config, 1, dtype, device=device)
     for lora_on in ("all", "main"):
         for checkpointing in (False, True):
             seconds, peak = sft_step_seconds(model, sft_batch, lora_on, checkpointing, device, args.repeats)

@@ -439,7 +439,7 @@ def _train(config: NFTConfig, run: training.RunFolder, tiny: bool, resume, fork,
         if log and (progress.step % config.log_every == 0 or last or "reward/validation" in values):
             log.scalars(progress.step, values)
         if progress.step % config.checkpoint_every == 0 or last:
-            training.save_checkpoint(accelerator, out, progress.step, config, run.run)
+            training.save_checkpoint(accelerator, out, progress.step, config, run.digest)
     bar.close()
     scorer.shutdown()
     reward.close()

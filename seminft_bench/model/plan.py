@@ -366,13 +366,22 @@ def cpu_sft_step_bytes(model_config: dict, shapes: Shapes, config: SFTConfig) ->
     return heap.step
 
 
+COLDSTART_LORA = (SFTConfig.lora_rank, SFTConfig.lora_alpha)
+"""The cold-start LoRA's (rank, alpha) when its file does not say: SFT's defaults."""
+
+
+def nft_adapters(config: NFTConfig, coldstart: tuple[int, int] | None) -> dict[str, tuple[int, int]]:
+    """NFT's LoRAs as (rank, alpha) by adapter name: the frozen cold-start one (unless ``init: base``), then rl."""
+    from seminft_bench.model.nft import COLDSTART_ADAPTER, RL_ADAPTER
+
+    return {**({COLDSTART_ADAPTER: coldstart} if coldstart else {}), RL_ADAPTER: (config.lora_rank, config.lora_alpha)}
+
+
 def nft_costs(config: NFTConfig, model_config: dict, shapes: Shapes, coldstart: tuple[int, int] | None) -> dict[str, Cost]:
     """NFT's units on the cold-start + rl policy, each pair's conditions shared by its group: a condition cache and
     a rollout step of ``group_online`` samples without gradients, the old policy's velocity of a training chunk,
     and the training pass of a chunk (the rl conditions and velocity, and their backward)."""
-    from seminft_bench.model.nft import COLDSTART_ADAPTER, RL_ADAPTER
-
-    adapters = {**({COLDSTART_ADAPTER: coldstart} if coldstart else {}), RL_ADAPTER: (config.lora_rank, config.lora_alpha)}
+    adapters = nft_adapters(config, coldstart)
     chunk = min(config.micro_batch or config.group_online, config.group_online)
     dtype = torch.bfloat16
 
@@ -444,13 +453,13 @@ def parameter_counts(model_config: dict, adapters: dict[str, tuple[int, int]], t
     semi = meta_transformer(model_config, torch.bfloat16, adapters, target_modules, False)
     linear = sum(module.weight.numel() for name, module in semi.flux.named_modules()
                  if isinstance(module, torch.nn.Linear) and "blocks." in name and "lora_" not in name)  # fmt: skip
-    frozen = sum(p.numel() for p in semi.flux.parameters() if not p.requires_grad and "lora_" not in _name(semi, p))
-    trainable = sum(p.numel() for p in semi.flux.parameters() if p.requires_grad)
+    frozen = trainable = 0
+    for name, parameter in semi.flux.named_parameters():
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+        elif "lora_" not in name:  # a frozen LoRA is not the base
+            frozen += parameter.numel()
     return linear, frozen - linear, trainable
-
-
-def _name(semi, parameter) -> str:
-    return next(name for name, p in semi.flux.named_parameters() if p is parameter)
 
 
 def weight_bytes(linear: int, other: int, quantize: str | None) -> float:
@@ -514,7 +523,7 @@ def plan_nft(config: NFTConfig, gpu: Gpu, processes: int = 1) -> Plan:
     model_config = transformer_config(config.base)
     shapes = Shapes.of(config.base, config.resolution, model_config)
     record = read_record(config.coldstart_lora) if config.init == "coldstart" and config.coldstart_lora else None
-    coldstart = (record.peft["r"], record.peft["lora_alpha"]) if record else (16, 16) if config.init == "coldstart" else None
+    coldstart = (record.peft["r"], record.peft["lora_alpha"]) if record else COLDSTART_LORA if config.init == "coldstart" else None
     units = nft_costs(config, model_config, shapes, coldstart)
     chunk = min(config.micro_batch or config.group_online, config.group_online)
     chunks = -(-config.group_online // chunk)
@@ -528,11 +537,8 @@ def plan_nft(config: NFTConfig, gpu: Gpu, processes: int = 1) -> Plan:
     groups = config.groups_per_step / processes
     seconds = group * groups / (gpu.bf16 * UTILISATION)
 
-    from seminft_bench.model.nft import COLDSTART_ADAPTER, RL_ADAPTER
-
-    adapters = {**({COLDSTART_ADAPTER: coldstart} if coldstart else {}), RL_ADAPTER: (config.lora_rank, config.lora_alpha)}
-    linear, other, trainable = parameter_counts(model_config, adapters, config.lora_target_modules)
-    coldstart_size = _lora_size(model_config, coldstart[0], config.lora_target_modules) if coldstart else 0
+    linear, other, trainable = parameter_counts(model_config, nft_adapters(config, coldstart), config.lora_target_modules)
+    coldstart_size = trainable * coldstart[0] // config.lora_rank if coldstart else 0  # a LoRA's size is linear in its rank
     frozen_loras = 4 * (coldstart_size + trainable)  # the cold-start LoRA and old, float32
     peak = weight_bytes(linear, other, None) + frozen_loras + trained_bytes(trainable) + units["train"].live + RESERVED
     sections = {
@@ -586,11 +592,6 @@ def plan_infer(base: str, resolution: int, gpu: Gpu, loras: dict[str, tuple[int,
                 sections, peak, gpu, [], figures)
 
 
-def _lora_size(model_config: dict, rank: int, target_modules) -> int:
-    """Parameters of a rank-``rank`` LoRA on ``target_modules`` of ``model_config``."""
-    return parameter_counts(model_config, {"x": (rank, rank)}, target_modules)[2]
-
-
 def _fitting(options: list[tuple[str, float]], gpu: Gpu) -> list[str]:
     return [f"{name} ({_gib(value)})" for name, value in options if value <= gpu.memory]
 
@@ -639,7 +640,7 @@ def plan_config(kind: str, config_file: str | None, gpu: str, processes: int = 1
         return plan_sft(config, card)
     if kind == "nft":
         return plan_nft(config, card, processes)
-    loras = {"coldstart": (16, 16)} if isinstance(config, NFTConfig) else {}
+    loras = {"coldstart": COLDSTART_LORA} if isinstance(config, NFTConfig) else {}
     loras["lora"] = (config.lora_rank, config.lora_alpha)
     return plan_infer(config.base, config.resolution, card, loras, config.lora_target_modules)
 

@@ -307,7 +307,7 @@ def _train(config: SFTConfig, run: training.RunFolder, tiny: bool, resume, fork,
         if log and pairs and (progress.step % config.validate_every == 0 or progress.step == config.steps):
             log.grid(progress.step, training.validation_grid(pipe, pairs, validation_steps, config.seed, accelerator.autocast))
         if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:  # after what it covers
-            training.save_checkpoint(accelerator, out, progress.step, config, run.run)
+            training.save_checkpoint(accelerator, out, progress.step, config, run.digest)
     bar.close()
 
     accelerator.wait_for_everyone()

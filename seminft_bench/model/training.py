@@ -407,8 +407,8 @@ class RunFolder:
     def __init__(self, out: Path, job: str):
         self.out = Path(out)
         self.lock = FolderLock(self.out, job=job)
-        self.run = ""
-        """The identity digest, once claimed: every checkpoint's manifest carries it."""
+        self.digest = ""
+        """The identity's digest, once claimed: every checkpoint's manifest carries it."""
 
     def __enter__(self) -> RunFolder:
         return self
@@ -431,8 +431,7 @@ class RunFolder:
             from accelerate.utils import broadcast_object_list
 
             found = broadcast_object_list([found])[0]
-        run, checkpoint = found
-        self.run = run
+        self.digest, checkpoint = found
         return Path(checkpoint) if checkpoint else None
 
     def _claim(self, kind: str, identity: dict, resume: str | None, fork: str | None) -> tuple[str, str | None]:
