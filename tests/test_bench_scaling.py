@@ -1,6 +1,8 @@
 """The benchmark's costs that grew faster than its samples: each test checks the behaviour that keeps it linear
 (operations counted, memory traced), never a wall-clock time."""
 
+import subprocess
+import sys
 import tracemalloc
 from concurrent.futures import Future
 
@@ -74,10 +76,26 @@ def test_waiting_for_a_run_never_scans_its_tasks(tmp_path, bench_set, monkeypatc
 
 def test_help_and_report_do_not_import_torch(tmp_path):
     """`seminft-bench --help` and `report` load the CLI, the runner, the report and the metric registry: no torch."""
-    import subprocess
-    import sys
-
     code = ("import sys, seminft_bench.cli.bench, seminft_bench.bench.report, seminft_bench.bench.runner; "
             "from seminft_bench.bench.metrics import METRIC_NAMES; assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_run_of_classical_methods_and_weight_free_metrics_never_imports_torch(tmp_path):
+    """The weight-free metrics are numpy: a run that needs no model loads no torch (two seconds and most of a
+    gigabyte per process), from loading the set to writing the report."""
+    code = f"""
+import sys
+from seminft_bench.bench.runner import RunOptions, run_benchmark
+options = RunOptions(
+    dataset="demo", limit=2, methods=["identity", "reference", "oracle", "reinhard", "mkl", "idt", "histogram"],
+    judges=[], reward=None, metrics=["psnr", "ssim", "color", "structure"], cache={str(tmp_path / "cache")!r},
+)
+summary = run_benchmark({str(tmp_path / "run")!r}, options, log=lambda line: None)
+assert summary.cells == 14 and summary.failed == 0 and not summary.not_computed, summary
+assert "torch" not in sys.modules, "torch imported"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "report.md").is_file()

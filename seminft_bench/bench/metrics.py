@@ -5,9 +5,13 @@ success ratio, DINO's position-by-position patch similarity (Table 3), and two w
 Every metric takes a pair of images, or two batches of the same length, each as a PIL image,
 a numpy array (H×W×3 or N×H×W×3, uint8 or float in [0, 1]), a torch tensor (…×3×H×W, uint8
 or float in [0, 1]) or a list of single images. One pair gives a float; batches give a float64
-numpy array of the batch's shape, one value per pair. Pairs are processed ``batch_size`` at a
-time on ``device`` (default: CUDA when present, else CPU). Images of different sizes are
-refused, because a metric over resized pixels would no longer be the metric.
+numpy array of the batch's shape, one value per pair. Images of different sizes are refused,
+because a metric over resized pixels would no longer be the metric.
+
+The weight-free metrics (PSNR, SSIM, color, structure) are numpy, in float64, one pair at a
+time: a run that computes only those never imports torch (two seconds and most of a gigabyte
+per process). The model-based ones run ``batch_size`` pairs at a time on ``device`` (default:
+CUDA when present, else CPU).
 
 Weights are never downloaded here, so a benchmark run cannot change under a moving cache:
 LPIPS and DISTS read torch's cache (``$TORCH_HOME/hub/checkpoints``), DINO the Hugging Face
@@ -18,17 +22,18 @@ to provide it.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import importlib
-from typing import TYPE_CHECKING
-
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from seminft_bench.errors import MissingWeightsError
@@ -41,8 +46,8 @@ if TYPE_CHECKING:
 
 
 class _OnFirstUse:
-    """A module imported when first used: the registry's names, ``seminft-bench --help`` and ``report`` never
-    import torch (two seconds and most of a gigabyte); computing a metric does."""
+    """A module imported when first used: the registry, ``seminft-bench --help``, ``report`` and the weight-free
+    metrics never import torch (two seconds and most of a gigabyte); computing a model-based metric does."""
 
     def __init__(self, name: str):
         self._name = name
@@ -78,31 +83,24 @@ photo to the same embedding, so a regrade of the source should stay far above 0.
 different scene (the reference handed back, newly generated content) should fall below it.
 Always report the threshold used with the ratio."""
 
-def psnr(
-    pred: ImageInput, target: ImageInput, *, device: str | None = None,
-    dtype: torch.dtype | None = None, batch_size: int = 16,
-) -> Values:
+def psnr(pred: ImageInput, target: ImageInput) -> Values:
     """Peak signal-to-noise ratio in dB for data range 1, as ``skimage.metrics.peak_signal_noise_ratio``.
 
     Identical images give ``inf`` (zero error), as in scikit-image: a capped value would let a
     perfect result pass for a merely good one. Mind the infinities before averaging.
     """
-    return _per_pair(_psnr, pred, target, device=device, dtype=dtype, batch_size=batch_size)
+    return _per_pair(_psnr, pred, target)
 
 
-def ssim(
-    pred: ImageInput, target: ImageInput, *, device: str | None = None,
-    dtype: torch.dtype | None = None, batch_size: int = 16,
-) -> Values:
-    """Mean SSIM of Wang et al. over the three channels, equal to scikit-image's
+def ssim(pred: ImageInput, target: ImageInput) -> Values:
+    """Mean SSIM of Wang et al. over the three channels, equal (to float64 rounding) to scikit-image's
     ``structural_similarity(pred, target, gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1, channel_axis=-1)``.
 
     As there, the mean covers only the pixels whose whole 11×11 window lies inside the image,
-    so no border rule is involved; images must be at least 11×11. float32 agrees with
-    scikit-image to about 1e-6, ``dtype=torch.float64`` to rounding.
+    so no border rule is involved; images must be at least 11×11.
     """
-    return _per_pair(_ssim, pred, target, device=device, dtype=dtype, batch_size=batch_size)
+    return _per_pair(_ssim, pred, target)
 
 
 def lpips(
@@ -117,18 +115,17 @@ def lpips(
         raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONE_URLS)}, got {net!r}")
     checkpoints = _torch_checkpoints(f"LPIPS ({net})", [LPIPS_BACKBONE_URLS[net]])
     model = _lpips_network(net, _device(device), checkpoints)
-    return _per_pair(
+    return _per_batch(
         lambda p, t: model(_channels_last(p), _channels_last(t), normalize=True).flatten(), pred, target,
-        device=device, dtype=torch.float32, batch_size=batch_size,
+        device=device, batch_size=batch_size,
     )
 
 
 def dists(pred: ImageInput, target: ImageInput, *, device: str | None = None, batch_size: int = 8) -> Values:
     """DISTS (Ding et al.) via ``piq.DISTS``; its VGG16 backbone and alpha/beta weights come from the torch cache."""
     model = _dists_network(_device(device), _torch_checkpoints("DISTS", DISTS_URLS))
-    return _per_pair(
-        lambda p, t: model(_channels_last(p), _channels_last(t)), pred, target,
-        device=device, dtype=torch.float32, batch_size=batch_size,
+    return _per_batch(
+        lambda p, t: model(_channels_last(p), _channels_last(t)), pred, target, device=device, batch_size=batch_size
     )
 
 
@@ -143,9 +140,9 @@ def dino_similarity(
     images go through the model's own ``ViTImageProcessor``.
     """
     tokens = _dino_tokens(model, _device(device))
-    return _per_pair(
+    return _per_batch(
         lambda s, o: F.cosine_similarity(tokens(s)[:, 0], tokens(o)[:, 0], dim=-1), source, output,
-        device=device, dtype=torch.float32, batch_size=batch_size,
+        device=device, batch_size=batch_size,
     )
 
 
@@ -164,9 +161,9 @@ def dino_local_similarity(
     count without giving the threshold; this is the similarity itself. Same ``model`` as `dino_similarity`.
     """
     tokens = _dino_tokens(model, _device(device))
-    return _per_pair(
+    return _per_batch(
         lambda s, o: F.cosine_similarity(tokens(s)[:, 1:], tokens(o)[:, 1:], dim=-1).mean(1), source, output,
-        device=device, dtype=torch.float32, batch_size=batch_size,
+        device=device, batch_size=batch_size,
     )
 
 
@@ -179,7 +176,7 @@ def success(similarity: Values, threshold: float = DINO_THRESHOLD) -> bool | np.
     return bool(passed) if passed.ndim == 0 else passed
 
 
-def structure(pred: ImageInput, source: ImageInput, *, device: str | None = None, batch_size: int = 16) -> Values:
+def structure(pred: ImageInput, source: ImageInput) -> Values:
     """Content kept, whatever the colours: Pearson correlation of the luminance gradient magnitudes.
 
     The gradient correlation of image registration (Penney et al., "A comparison of similarity
@@ -189,20 +186,23 @@ def structure(pred: ImageInput, source: ImageInput, *, device: str | None = None
     unchanged by any affine change of luminance); other content decorrelates the edges (a
     different photo scores near 0). A flat image has no gradients: comparing one gives NaN.
     """
-    return _per_pair(_gradient_correlation, pred, source, device=device, dtype=torch.float64, batch_size=batch_size)
+    return _per_pair(_gradient_correlation, pred, source)
 
 
-def _gradient_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    def magnitude(rgb: torch.Tensor) -> torch.Tensor:
-        luma = torch.tensordot(rgb.movedim(1, -1), rgb.new_tensor(LUMA_709), dims=1).unsqueeze(1)
-        sobel = rgb.new_tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
-        gx = F.conv2d(luma, sobel.view(1, 1, 3, 3))
-        gy = F.conv2d(luma, sobel.T.reshape(1, 1, 3, 3))
-        return torch.hypot(gx, gy).flatten(1)
+def _gradient_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = _sobel_magnitude(a).ravel(), _sobel_magnitude(b).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):  # a flat image: 0 / 0
+        return float(np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y)))
 
-    x, y = magnitude(a), magnitude(b)
-    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-    return (x * y).sum(1) / (x.square().sum(1) * y.square().sum(1)).sqrt()
+
+def _sobel_magnitude(rgb: np.ndarray) -> np.ndarray:
+    """|∇| of the luma by the 3×3 Sobel kernels, where the whole kernel lies inside the image (H−2 × W−2)."""
+    luma = rgb @ np.array(LUMA_709)
+    across, down = luma[:, :-2] - luma[:, 2:], luma[:-2] - luma[2:]  # central differences, then smoothed 1 2 1
+    gx = across[:-2] + 2 * across[1:-1] + across[2:]
+    gy = down[:, :-2] + 2 * down[:, 1:-1] + down[:, 2:]
+    return np.hypot(gx, gy)
 
 
 def color(pred: ImageInput, reference: ImageInput) -> Values:
@@ -262,8 +262,8 @@ class Metric:
 METRICS: dict[str, Metric] = {
     metric.name: metric
     for metric in (
-        Metric("psnr", "PSNR", "target", True, lambda p, t, s: psnr(p, t, device=s.device)),
-        Metric("ssim", "SSIM", "target", True, lambda p, t, s: ssim(p, t, device=s.device)),
+        Metric("psnr", "PSNR", "target", True, lambda p, t, s: psnr(p, t)),
+        Metric("ssim", "SSIM", "target", True, lambda p, t, s: ssim(p, t)),
         Metric(
             "lpips", "LPIPS", "target", False, lambda p, t, s: lpips(p, t, net=s.lpips_net, device=s.device),
             parameters=("lpips_net",), weights="torchvision AlexNet/VGG16 in the torch cache",
@@ -284,7 +284,7 @@ METRICS: dict[str, Metric] = {
             parameters=("dino_model",), weights="as dino",
         ),
         Metric("color", "Color dist.", "reference", False, lambda p, r, s: color(p, r)),
-        Metric("structure", "Structure", "source", True, lambda p, src, s: structure(p, src, device=s.device)),
+        Metric("structure", "Structure", "source", True, lambda p, src, s: structure(p, src)),
     )
 }
 """The metrics registry, in the tables' column order. Adding a metric is one entry here."""
@@ -325,120 +325,128 @@ def compute_metrics(
     return values
 
 
-def _psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """10·log10(1 / MSE). Squared errors are summed per image row in one fused pass (a few hundred float32
-    terms lose nothing that matters), then across rows in float64."""
-    row_norms = torch.linalg.vector_norm((pred - target).flatten(1, 2), dim=-1)
-    return 10 * torch.log10(pred[0].numel() / row_norms.double().square().sum(dim=1))
+def _psnr(pred: np.ndarray, target: np.ndarray) -> float:
+    """10·log10(1 / MSE), as scikit-image computes it."""
+    with np.errstate(divide="ignore"):  # identical images: inf
+        return float(10 * np.log10(1 / np.mean(np.square(pred - target))))
 
 
-def _ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _ssim(pred: np.ndarray, target: np.ndarray) -> float:
+    """The mean over channels of each channel's mean SSIM, as scikit-image averages them."""
     taps = _gaussian_taps()
-    if min(pred.shape[-2:]) < len(taps):
-        height, width = pred.shape[-2:]
+    if min(pred.shape[:2]) < len(taps):
+        height, width = pred.shape[:2]
         raise ValueError(f"SSIM needs images of at least {len(taps)}×{len(taps)} pixels, got {width}×{height}")
-    # Windowed (co)variances are E[xy] − E[x]E[y]; shifting the data by 0.5 leaves them unchanged but halves
-    # the largest magnitudes that cancel, which keeps float32 within about 1e-6 of float64 on flat regions.
-    x, y = pred - 0.5, target - 0.5
-    mu_x, mu_y, xx, yy, xy = _blur_inside(torch.cat([x, y, x * x, y * y, x * y], dim=1), taps).chunk(5, dim=1)
-    var_sum = (xx + yy).sub_(mu_x.square()).sub_(mu_y.square())
-    cov = xy.sub_(mu_x * mu_y)
-    mu_x, mu_y = mu_x.add_(0.5), mu_y.add_(0.5)
-    # Wang et al.: (2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), in place.
-    mu_xy = mu_x * mu_y
-    mu_sq = mu_x.square().addcmul_(mu_y, mu_y)
-    numerator = cov.mul_(2).add_(SSIM_K2**2).mul_(mu_xy.mul_(2).add_(SSIM_K1**2))
-    denominator = var_sum.add_(SSIM_K2**2).mul_(mu_sq.add_(SSIM_K1**2))
-    return numerator.div_(denominator).mean(dim=(1, 2, 3), dtype=torch.float64)
+    return float(np.mean([_ssim_map(pred[..., c], target[..., c]).mean() for c in range(3)]))
+
+
+def _ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Wang et al.: (2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), windowed moments by
+    population (co)variance E[xy] − E[x]E[y]; float64 loses nothing that matters to the cancellation."""
+    mu_x, mu_y, xx, yy, xy = _blur_inside(np.stack([x, y, x * x, y * y, x * y]))
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    numerator = (2 * mu_x * mu_y + c1) * (2 * (xy - mu_x * mu_y) + c2)
+    return numerator / ((mu_x**2 + mu_y**2 + c1) * (xx + yy - mu_x**2 - mu_y**2 + c2))
 
 
 @functools.cache
-def _gaussian_taps() -> tuple[float, ...]:
+def _gaussian_taps() -> np.ndarray:
     """scipy.ndimage's Gaussian as scikit-image calls it: radius int(truncate·σ + 0.5), weights summing to 1."""
     radius = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
     x = np.arange(-radius, radius + 1)
     weights = np.exp(-0.5 / SSIM_SIGMA**2 * x**2)
-    return tuple((weights / weights.sum()).tolist())
+    return weights / weights.sum()
 
 
-def _blur_inside(maps: torch.Tensor, taps: Sequence[float]) -> torch.Tensor:
-    """Separable filter over the last two axes, kept where the whole window lies inside the image.
-
-    On a GPU two depthwise convolutions read the maps once each; on a CPU, shifted sums beat
-    PyTorch's depthwise convolution (by 1.4–2× in our measurements).
-    """
-    if maps.device.type == "cpu":
-        for dim in (-1, -2):
-            size = maps.shape[dim] - len(taps) + 1
-            out = maps.narrow(dim, 0, size) * taps[0]
-            for offset, weight in enumerate(taps[1:], start=1):
-                out.add_(maps.narrow(dim, offset, size), alpha=weight)
-            maps = out
-        return maps
-    channels = maps.shape[1]
-    kernel = torch.tensor(taps, dtype=maps.dtype, device=maps.device)
-    maps = F.conv2d(maps, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(maps, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+def _blur_inside(maps: np.ndarray) -> np.ndarray:
+    """The separable Gaussian over the last two axes, kept where the whole window lies inside the image:
+    each axis's sliding windows (views, no copy) times the taps, a product BLAS runs fast."""
+    taps = _gaussian_taps()
+    rows = sliding_window_view(maps, len(taps), axis=-1) @ taps
+    return sliding_window_view(rows, len(taps), axis=-2) @ taps
 
 
-def _per_pair(
+def _per_pair(metric: Callable[[np.ndarray, np.ndarray], float], pred: ImageInput, target: ImageInput) -> Values:
+    """Run ``metric`` (two H×W×3 float64 images in [0, 1] → a value) on every pair, one pair at a time."""
+    preds, targets, batch_shape = _as_pairs(pred, target)
+    values = np.array([metric(_float64(p), _float64(t)) for p, t in zip(preds, targets)])
+    return float(values[0]) if not batch_shape else values.reshape(batch_shape)
+
+
+def _float64(image: np.ndarray) -> np.ndarray:
+    return image / 255 if image.dtype == np.uint8 else image.astype(np.float64)
+
+
+def _per_batch(
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pred: ImageInput, target: ImageInput, *,
-    device: str | None, dtype: torch.dtype | None, batch_size: int,
+    device: str | None, batch_size: int,
 ) -> Values:
-    """Run ``metric`` (two B×3×H×W tensors in [0, 1] → B values) over every pair, ``batch_size`` at a time
-    (in ``dtype``, float32 by default)."""
-    pred, target, batch_shape = _as_pairs(pred, target)
-    run_on, dtype = _device(device), dtype or torch.float32
+    """Run a model-based ``metric`` (two B×3×H×W float32 tensors in [0, 1] → B values) over every pair,
+    ``batch_size`` at a time on ``device``."""
+    preds, targets, batch_shape = _as_pairs(pred, target)
+    run_on = _device(device)
     with torch.inference_mode():
         values = [
-            metric(_unit(pred[i : i + batch_size], run_on, dtype), _unit(target[i : i + batch_size], run_on, dtype))
-            for i in range(0, len(pred), batch_size)
+            metric(_tensor(preds[i : i + batch_size], run_on), _tensor(targets[i : i + batch_size], run_on))
+            for i in range(0, len(preds), batch_size)
         ]
     result = torch.cat(values).to("cpu", torch.float64).numpy().reshape(batch_shape)
     return float(result) if result.ndim == 0 else result
 
 
-def _as_pairs(pred: ImageInput, target: ImageInput) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    pred_tensor, pred_shape = _as_batch(pred, "pred")
-    target_tensor, target_shape = _as_batch(target, "target")
-    if pred_tensor.shape[-2:] != target_tensor.shape[-2:]:
-        (ph, pw), (th, tw) = pred_tensor.shape[-2:], target_tensor.shape[-2:]
+def _as_pairs(pred: ImageInput, target: ImageInput) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    preds, pred_shape = _as_batch(pred, "pred")
+    targets, target_shape = _as_batch(target, "target")
+    if preds.shape[1:3] != targets.shape[1:3]:
+        (ph, pw), (th, tw) = preds.shape[1:3], targets.shape[1:3]
         raise ValueError(f"pred is {pw}×{ph} but target is {tw}×{th} (width×height); metrics need equal sizes")
     if pred_shape != target_shape:
         raise ValueError(f"pred has batch shape {pred_shape} but target {target_shape}; pairs must match one to one")
-    if len(pred_tensor) == 0:
+    if len(preds) == 0:
         raise ValueError("no images to compare")
-    return pred_tensor, target_tensor, pred_shape
+    return preds, targets, pred_shape
 
 
-def _as_batch(images: ImageInput, name: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``images`` as a B×3×H×W tensor of its own dtype (uint8 or float) and the batch shape results take."""
+def _as_batch(images: ImageInput, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``images`` as an N×H×W×3 array of its own pixel type (uint8 or float) and the batch shape results take."""
     if isinstance(images, (list, tuple)):
         singles = [_as_batch(image, name) for image in images]
         if not singles or any(batch_shape for _, batch_shape in singles):
             raise ValueError(f"{name}: a list must hold one or more single images, not batches")
         if len({(single.shape, single.dtype) for single, _ in singles}) > 1:
             raise ValueError(f"{name}: the images of one list must share size and pixel type")
-        return torch.cat([single for single, _ in singles]), (len(singles),)
+        return np.concatenate([single for single, _ in singles]), (len(singles),)
     if isinstance(images, Image.Image):
         images = to_array(images)
-    if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4) or images.shape[-1] != 3:
-            raise ValueError(f"{name}: expected an H×W×3 or N×H×W×3 array, got shape {images.shape}")
-        images = torch.from_numpy(np.require(images, requirements="CW")).movedim(-1, -3)
-    elif not isinstance(images, torch.Tensor):
+    if isinstance(images, _tensor_type()):
+        if images.ndim < 3 or images.shape[-3] != 3:
+            raise ValueError(f"{name}: expected a …×3×H×W tensor, got shape {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+            raise ValueError(f"{name}: pixels must be uint8, or float in [0, 1], not {images.dtype}")
+        if images.dtype not in (torch.uint8, torch.float64):
+            images = images.float()  # float16 and bfloat16 have no numpy twin
+        images = images.detach().movedim(-3, -1).cpu().numpy()
+    elif not isinstance(images, np.ndarray):
         raise TypeError(f"{name}: expected PIL images, numpy arrays or torch tensors, got {type(images).__name__}")
-    elif images.ndim < 3 or images.shape[-3] != 3:
-        raise ValueError(f"{name}: expected a …×3×H×W tensor, got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+    elif images.ndim not in (3, 4) or images.shape[-1] != 3:
+        raise ValueError(f"{name}: expected an H×W×3 or N×H×W×3 array, got shape {images.shape}")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
         raise ValueError(f"{name}: pixels must be uint8, or float in [0, 1], not {images.dtype}")
     return images.reshape(-1, *images.shape[-3:]), tuple(images.shape[:-3])
 
 
-def _unit(images: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """To ``device`` before widening (uint8 moves 4× fewer bytes), then to contiguous ``dtype`` in [0, 1]."""
-    moved = images.to(device, non_blocking=True).to(dtype, memory_format=torch.contiguous_format)
-    return moved / 255 if images.dtype == torch.uint8 else moved
+def _tensor_type() -> type | tuple[()]:
+    """torch.Tensor where torch is imported, else nothing to match: a tensor implies torch, so numpy and PIL callers
+    never import it. A torch that another thread is still importing has no Tensor yet (and no tensors either)."""
+    return getattr(sys.modules.get("torch"), "Tensor", ())
+
+
+def _tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """N×H×W×3 pixels to ``device`` before widening (uint8 moves 4× fewer bytes), then a contiguous
+    N×3×H×W float32 tensor in [0, 1]."""
+    moved = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).movedim(-1, -3)
+    moved = moved.to(torch.float32, memory_format=torch.contiguous_format)
+    return moved / 255 if images.dtype == np.uint8 else moved
 
 
 def _channels_last(images: torch.Tensor) -> torch.Tensor:
