@@ -339,3 +339,34 @@ def test_empty_and_unknown_sets(tmp_path):
     _write_image(tmp_path / "lonely" / "source" / "a.png", _pixels(0))
     with pytest.raises(BenchSetError, match="no folder reference/"):
         load_bench_set(tmp_path / "lonely")
+
+
+# --------------------------------------------------------------------------- reruns
+
+
+def test_a_rerun_decodes_only_what_was_not_checked_before(tmp_path, monkeypatch):
+    """A run folder records each sample's fingerprint (`runner.sample_fingerprint`): a rerun vouches with it for the
+    bytes checked before and decodes only the samples whose files changed, which still fail clearly when broken."""
+    from seminft_bench.bench.runner import sample_fingerprint
+
+    root = _folder_set(tmp_path / "set", ["a", "b", "c"])
+    first = load_bench_set(root)
+    recorded = {sample.name: sample_fingerprint(sample) for sample in first.samples}
+    decoded = []
+    read_image = bench_datasets.read_image
+    monkeypatch.setattr(bench_datasets, "read_image", lambda src, **kw: decoded.append(src.name) or read_image(src, **kw))
+
+    def known_good(sample):
+        return recorded.get(sample.name) == sample_fingerprint(sample)
+
+    assert load_bench_set(root, known_good=known_good).samples == first.samples and decoded == []
+    _write_image(root / "target" / "b.png", _pixels(7))  # another target of the same size
+    assert [s.name for s in load_bench_set(root, known_good=known_good).samples] == ["a", "b", "c"]
+    assert decoded == ["b.png"] * 3
+    data = (root / "source" / "c.png").read_bytes()
+    (root / "source" / "c.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BenchSetError, match=r"1 of 3 samples are bad.*\n  c: .*truncated"):
+        load_bench_set(root, known_good=known_good)
+    decoded.clear()
+    assert len(load_bench_set(root, variant="bw", skip_bad=True, known_good=known_good).samples) == 2
+    assert decoded.count("a.png") == 3  # bw greys its sources, so it decodes them

@@ -32,9 +32,9 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,6 +93,7 @@ def load_bench_set(
     skip_bad: bool = False,
     limit: int | None = None,
     lut_dir: str | os.PathLike | None = None,
+    known_good: Callable[[Sample], bool] | None = None,
 ) -> BenchSet:
     """Load the set ``spec`` names (see the module docstring) and check every image decodes.
 
@@ -105,6 +106,11 @@ def load_bench_set(
     meant whatever is broken elsewhere. ``lut_dir`` is the folder of LUT files a
     cold-start set was built from (``--presets DIR``); without it, samples graded with a
     LUT file have no preset.
+
+    ``known_good(sample)`` is true for a sample whose very bytes passed these checks before
+    (a rerun's folder records each sample's content fingerprint): its images are not decoded
+    again, which was most of a rerun's time. Any other sample, a changed file included, is
+    decoded; so are the sources of ``bw``, to grey them.
     """
     if variant is not None and variant not in VARIANTS:
         raise BenchSetError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -115,7 +121,7 @@ def load_bench_set(
     if not drafts:
         raise BenchSetError(f"{name}: the set is empty")
     _check_names(drafts)
-    samples, skipped = _checked(drafts, grey=variant == "bw")
+    samples, skipped = _checked(drafts, grey=variant == "bw", known_good=known_good)
     if not samples:
         raise BenchSetError(_listing(f"{name}: no usable sample", skipped))
     if skipped and not skip_bad:
@@ -313,19 +319,36 @@ def _is_file_name(name: str) -> bool:
     return name[0] not in ". " and name[-1] not in ". "
 
 
-def _checked(drafts: list[_Draft], grey: bool) -> tuple[list[Sample], list[Skipped]]:
-    """Decode every image once (in threads, pixels dropped at once) and sort good samples from bad."""
+def _checked(
+    drafts: list[_Draft], grey: bool, known_good: Callable[[Sample], bool] | None
+) -> tuple[list[Sample], list[Skipped]]:
+    """Decode every image once (in threads, pixels dropped at once), but those of samples ``known_good`` vouches
+    for, and sort good samples from bad."""
+
+    def check(draft: _Draft) -> tuple[list[str], bytes | None]:
+        if not draft.problems and not grey and known_good is not None:
+            try:
+                if known_good(_sample(draft)):
+                    return [], None
+            except OSError:  # a file that cannot be read: the decode says which and why
+                pass
+        return _decode(draft, grey)
+
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        results = list(pool.map(lambda draft: _decode(draft, grey), drafts))
+        results = list(pool.map(check, drafts))
     samples, skipped = [], []
     for draft, (decode_problems, grey_source) in zip(drafts, results):
         problems = draft.problems + decode_problems
         if problems:
             skipped.append(Skipped(draft.name, "; ".join(problems)))
         else:  # a grey source no longer maps to the target through the preset: drop it
-            source, preset = (grey_source, None) if grey else (draft.source, draft.preset)
-            samples.append(Sample(draft.name, source, draft.reference, draft.target, preset, draft.info))
+            sample = _sample(draft)
+            samples.append(replace(sample, source=grey_source, preset=None) if grey else sample)
     return samples, skipped
+
+
+def _sample(draft: _Draft) -> Sample:
+    return Sample(draft.name, draft.source, draft.reference, draft.target, draft.preset, draft.info)
 
 
 def _decode(draft: _Draft, grey: bool) -> tuple[list[str], bytes | None]:
