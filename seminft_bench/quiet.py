@@ -1,23 +1,14 @@
 """Third-party notices that say nothing about a run, kept off stderr one by one; everything else stays.
 
-Every command that imports the model printed five such lines. They come from the quantisation
-libraries, which diffusers, transformers and peft import at their own import whenever the libraries
-are installed, quantised run or not, with no switch to turn that off:
-``diffusers.models.modeling_utils`` → ``diffusers.quantizers`` (bitsandbytes, torchao),
-``peft`` → ``transformers.modeling_utils`` → ``transformers.quantizers`` (torchao) and
-``diffusers.hooks`` → ``peft.helpers`` (bitsandbytes). Our own code imports them only for a
-quantised base or ``adamw8bit``, but by then they are long imported. So each notice is dropped by
-its logger and its exact text (`IMPORT_NOTICES`, installed on import of `seminft_bench`), and
-peft's caution about stacked adapters only around the stacking this model does on purpose
-(`stacking_adapters`).
+bitsandbytes and torchao print them when they are imported. The console commands import neither unless the
+run quantises (`quantlibs`), but a quantised run, and any Python program that imports diffusers,
+transformers or peft, imports both: those three import them whenever they are installed. So each notice
+is dropped by its logger and its exact text (`IMPORT_NOTICES`, installed on import of `seminft_bench`).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 IMPORT_NOTICES = {
     # bitsandbytes' CPU backend (on CPUs with AVX-512 BF16) looks for the optional `kernels` package, which
@@ -30,11 +21,6 @@ IMPORT_NOTICES = {
     "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects",
 }
 """Logger name → the start of the one message of it that is dropped."""
-
-STACKED_ADAPTER_WARNING = "Already found a `peft_config` attribute in the model"
-"""peft's UserWarning whenever an adapter joins a model that has one (through diffusers' `add_adapter` and
-`load_lora_adapter` alike: both inject it with `peft.inject_adapter_in_model`, which builds a new tuner that
-finds the model's ``peft_config``)."""
 
 
 class _DropMessage(logging.Filter):
@@ -54,13 +40,3 @@ def quiet_import_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessage) and f.start == start for f in logger.filters):
             logger.addFilter(_DropMessage(start))
-
-
-@contextmanager
-def stacking_adapters() -> Iterator[None]:
-    """Add a LoRA adapter where others may already be: peft's `STACKED_ADAPTER_WARNING` asks us to be sure
-    we want several, and we do (NFT trains ``rl`` and ``old`` over the frozen ``coldstart``; a pipeline runs
-    a cold-start and an rl LoRA together). Only that warning is ignored, only inside this block."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=STACKED_ADAPTER_WARNING, category=UserWarning)
-        yield

@@ -162,5 +162,8 @@ def sample_photos(out: Path = typer.Option(..., help="Folder for the photos.")) 
     typer.echo(f"wrote {len(write_sample_photos(out))} photos to {out}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m, as accelerate launch -m runs it
+    from seminft_bench.quantlibs import keep_out
+
+    keep_out()
     app()

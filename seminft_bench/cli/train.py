@@ -10,6 +10,7 @@ import typer
 
 from seminft_bench.cli.common import fail, new_app
 from seminft_bench.fileio import FolderLocked
+from seminft_bench.quantlibs import let_in
 
 app = new_app("Train SemiNFT: cold-start LoRA SFT, then DiffusionNFT.")
 
@@ -53,7 +54,6 @@ def sft_command(
 ) -> None:
     """Train the cold-start LoRA (paper §3.3). Several GPUs: `accelerate launch -m seminft_bench.cli.train sft ...`."""
     from seminft_bench.model.config import SFTConfig
-    from seminft_bench.model.sft import train_sft
 
     flags = dict(
         dataset=dataset, out=str(out) if out else None, base=base, steps=max_steps, batch_size=batch_size,
@@ -62,7 +62,12 @@ def sft_command(
         validate_every=validate_every, checkpoint_every=checkpoint_every,
     )
     try:
-        folder = train_sft(settings(SFTConfig, config, flags), tiny=tiny, resume=resume, fork=fork, cache_dir=cache)
+        run = settings(SFTConfig, config, flags)
+        if run.quantises:
+            let_in()
+        from seminft_bench.model.sft import train_sft
+
+        folder = train_sft(run, tiny=tiny, resume=resume, fork=fork, cache_dir=cache)
     except (ValueError, FileNotFoundError, NotImplementedError, FolderLocked) as error:
         fail(error)
     typer.echo(f"LoRA: {folder / 'pytorch_lora_weights.safetensors'}")
@@ -119,10 +124,12 @@ def ablations_command(
     """Table 3: train the cold-start LoRA once and an NFT run per ablation row, then benchmark the rows as
     ours:ROW in one `seminft-bench run` (OUT/bench/report.html). Rerunning resumes."""
     from seminft_bench.bench.ablations import run_ablations
-    from seminft_bench.model.config import AblationsConfig, load_config
+    from seminft_bench.model.config import AblationsConfig, SFTConfig, load_config
 
     try:
         ablations = load_config(config, AblationsConfig).override(out=str(out) if out else None)
+        if ablations.sft and load_config(ablations.sft, SFTConfig).quantises:
+            let_in()
         summary = run_ablations(ablations, tiny=tiny, cache_dir=cache, log=lambda line: typer.echo(line, err=True))
     except (ValueError, FileNotFoundError, NotImplementedError, FolderLocked) as error:
         fail(error)
@@ -165,5 +172,8 @@ def offline_example_command(
     typer.echo(f"example offline samples (scored by rule, not by people): {path}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m, as accelerate launch -m runs it
+    from seminft_bench.quantlibs import keep_out
+
+    keep_out()
     app()

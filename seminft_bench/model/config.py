@@ -161,6 +161,11 @@ class SFTConfig(Overridable):
         "log_every": COUNT, "validate_every": COUNT, "checkpoint_every": COUNT,
     }  # fmt: skip
 
+    @property
+    def quantises(self) -> bool:
+        """Whether the run needs bitsandbytes or torchao (`quantlibs`)."""
+        return self.quantize_base is not None or self.optimizer == "adamw8bit"
+
     def check_runnable(self) -> None:
         if not self.dataset or not self.out:
             raise ConfigError("an SFT run needs both dataset and out")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -25,13 +25,14 @@ import torch
 from seminft_bench.errors import first_few
 from seminft_bench.fileio import atomic_write_bytes, atomic_write_text
 from seminft_bench.model.components import lora_target_regex
-from seminft_bench.quiet import stacking_adapters
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 RECORD_FILE = "seminft_lora.json"
 RECORD_KEY = "seminft_lora"
 """The safetensors header entry that holds the record (diffusers' own entry is ``lora_adapter_metadata``)."""
 LoraOn = Literal["all", "main"]
+TUNER = "_seminft_lora_tuner"
+"""The transformer's attribute holding its peft LoRA tuner (`inject_lora`)."""
 
 
 class LoraMismatchError(ValueError):
@@ -103,10 +104,50 @@ def add_lora(
     config = LoraConfig(
         r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=lora_target_regex(target_modules)
     )
-    with torch.random.fork_rng(devices=[]), stacking_adapters():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        flux.add_adapter(config, adapter_name=adapter)
+        inject_lora(flux, adapter, config)
     cast_training_params(flux, dtype=torch.float32)
+
+
+def inject_lora(flux: torch.nn.Module, adapter: str, config, state_dict: dict | None = None) -> None:
+    """Add the LoRA layers of ``adapter`` (a peft `LoraConfig`; ``state_dict``'s keys pick the layers when given) and
+    make it the one active adapter: the one way every LoRA joins a transformer, trained here or loaded.
+
+    The first adapter builds peft's LoRA tuner of the model; later ones join through that same tuner, as peft's
+    own `PeftModel.add_adapter` adds them. (diffusers' `add_adapter` and `load_lora_adapter` build a new tuner
+    for each adapter, which finds the model's adapters and cautions that there will be several.)
+    """
+    from peft.tuners.lora import LoraModel
+
+    tuner = flux.__dict__.get(TUNER)
+    if tuner is None:
+        tuner = LoraModel(flux, config, adapter, state_dict=state_dict)
+        object.__setattr__(flux, TUNER, tuner)  # an attribute, not a submodule: the tuner holds the model
+    else:
+        if adapter in tuner.peft_config:
+            raise ValueError(f"this transformer already has a LoRA adapter named {adapter!r}")
+        tuner.peft_config[adapter] = config
+        tuner.active_adapter = adapter  # active alone once injected, as a first adapter is
+        tuner.inject_adapter(flux, adapter, state_dict=state_dict)
+    flux._hf_peft_config_loaded = True  # diffusers' adapter methods (set_adapters, disable_lora…) ask for it
+
+
+def transformer_part(entries: Mapping | None) -> dict:
+    """The transformer's entries of a LoRA file's tensors, alphas or config, without their ``transformer.`` prefix."""
+    return {key.removeprefix("transformer."): value for key, value in (entries or {}).items() if key.startswith("transformer.")}
+
+
+def loaded_lora_config(state: Mapping[str, torch.Tensor], alphas: Mapping | None, metadata: Mapping | None):
+    """peft's `LoraConfig` of a loaded LoRA (``state`` as `transformer_part` gives it), as diffusers' loader makes it:
+    the config saved in the file, else the ranks of its tensors with its (kohya-style) alphas, or alpha = rank."""
+    from diffusers.utils.peft_utils import get_peft_kwargs
+    from peft import LoraConfig
+
+    if metadata:
+        return LoraConfig(**transformer_part(metadata))
+    ranks = {f"^{key}": tensor.shape[1] for key, tensor in state.items() if "lora_B" in key and tensor.ndim > 1}
+    return LoraConfig(**get_peft_kwargs(ranks, network_alpha_dict=transformer_part(alphas) or None, peft_state_dict=state))
 
 
 def lora_state(flux: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:

@@ -33,13 +33,15 @@ from seminft_bench.model.lora import (
     LoraMismatchError,
     LoraRecord,
     check_compatible,
+    inject_lora,
+    loaded_lora_config,
     lora_file,
     lora_fingerprint,
     read_record,
+    transformer_part,
 )
 from seminft_bench.model.transformer import ConditionCache, SemiNFTTransformer
 from seminft_bench.pipelines.quadruplets import TASK_PROMPT
-from seminft_bench.quiet import stacking_adapters
 
 DEFAULT_PIXEL_AREA = 512 * 512
 """The working area when nothing says otherwise. The paper gives no resolution; 512² is OminiControl's
@@ -150,22 +152,20 @@ class SemiNFTPipeline:
         made elsewhere, which runs under the pipeline's settings).
         """
         from diffusers import FluxPipeline
+        from peft import set_peft_model_state_dict
 
         path = Path(path)
         file = lora_file(path)  # before diffusers, which names neither a missing path nor a cut file
         record = read_record(file)
-        state_dict, alphas, metadata = FluxPipeline.lora_state_dict(
+        state_dict, alphas, metadata = FluxPipeline.lora_state_dict(  # any FLUX LoRA format, in diffusers' names
             str(path), return_alphas=True, return_lora_metadata=True
         )
-        check_lora_fits({key.removeprefix("transformer."): value for key, value in state_dict.items()},
-                        self.components.transformer, path)  # fmt: skip
+        state = transformer_part(state_dict)
+        check_lora_fits(state, self.components.transformer, path)
         if record is not None:
             self._check(record, str(file))
-        with stacking_adapters():
-            FluxPipeline.load_lora_into_transformer(
-                state_dict, network_alphas=alphas or None, transformer=self.components.transformer,
-                adapter_name=adapter_name, metadata=metadata,
-            )
+        inject_lora(self.components.transformer, adapter_name, loaded_lora_config(state, alphas, metadata), state)
+        set_peft_model_state_dict(self.components.transformer, state, adapter_name=adapter_name)
         self.lora_files[adapter_name] = path
         self.lora_on[adapter_name] = record.lora_on if record else "all"
         if record is not None:  # run as trained
