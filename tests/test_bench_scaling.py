@@ -9,25 +9,32 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 from test_bench_runner import bench_set  # noqa: F401 (a fixture)
+from test_bench_stats import planted_run
 
 from seminft_bench.bench import report, stats
 from seminft_bench.bench.runner import RunOptions, run_benchmark
 
 
 def one_shot_bootstrap(values: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The bootstrap drawn in one (resamples × samples) array: what the chunked one must equal, draw for draw."""
+    """The bootstrap by its definition: every replicate's drawn values averaged, all drawn in one array."""
     draws = np.random.default_rng(seed).integers(0, values.shape[1], size=(resamples, values.shape[1]))
-    means = values[:, draws].mean(axis=2)
+    with np.errstate(invalid="ignore"):  # +inf and -inf drawn together
+        means = values[:, draws].mean(axis=2)
     return tuple(np.quantile(means, [0.025, 0.975], axis=1, method="inverted_cdf"))
 
 
-@pytest.mark.parametrize(("samples", "chunk_elements"), [(7, 1 << 22), (300, 3 * 300 * 13), (301, 1)])
-def test_a_chunked_bootstrap_equals_the_one_shot_one_for_the_same_seed(samples, chunk_elements, monkeypatch):
+@pytest.mark.parametrize(("samples", "chunk_elements"), [(7, 1 << 22), (300, 300 * 13), (301, 1)])
+def test_the_bootstrap_in_chunks_of_counts_equals_its_definition_for_the_same_seed(samples, chunk_elements, monkeypatch):
+    """Replicates drawn in chunks and averaged through each replicate's counts of the samples: the same draws and
+    the same means (to rounding) as averaging the drawn values, infinities included."""
     monkeypatch.setattr(stats, "BOOTSTRAP_CHUNK_ELEMENTS", chunk_elements)
-    values = np.random.default_rng(1).normal(size=(3, samples))
+    values = np.random.default_rng(1).normal(size=(5, samples))
+    values[3, ::3] = np.inf  # a perfect PSNR now and then: some replicates draw none
+    values[4, ::4], values[4, 1::4] = np.inf, -np.inf  # both infinities: NaN where a replicate draws both
     low, high = one_shot_bootstrap(values, 2000, seed=5)
     estimates = stats.paired_bootstrap(values, 2000, seed=5)
-    assert [e.low for e in estimates] == list(low) and [e.high for e in estimates] == list(high)
+    np.testing.assert_allclose([e.low for e in estimates], low, rtol=1e-12)
+    np.testing.assert_allclose([e.high for e in estimates], high, rtol=1e-12)
 
 
 def test_the_bootstraps_memory_is_bounded_by_methods_times_samples():
@@ -99,3 +106,70 @@ assert "torch" not in sys.modules, "torch imported"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "report.md").is_file()
+
+
+def planted_report(tmp_path, methods: int, samples: int, metrics=("psnr", "ssim")):
+    """A finished run folder of ``methods`` close-run methods × ``samples`` samples (no bounds, no judges)."""
+    rng = np.random.default_rng(0)
+    values = {f"m{i}": {f"s{j}": {f"metric:{n}": float(rng.normal(30 + 0.01 * i, 1)) for n in metrics} for j in range(samples)}
+              for i in range(methods)}  # fmt: skip
+    return planted_run(tmp_path, values, metrics=metrics)
+
+
+def test_a_report_reads_each_columns_values_once(tmp_path, monkeypatch):
+    """The table, the plots and the page share one `current_values` per method and column (each a pass over the run)."""
+    planted_report(tmp_path, methods=3, samples=12)
+    calls = []
+    current_values = report.current_values
+    monkeypatch.setattr(report, "current_values", lambda *args: calls.append(args[2:]) or current_values(*args))
+    report.write_reports(tmp_path)
+    assert len(calls) == len(set(calls)) == 3 * 2
+
+
+def test_a_columns_ranks_come_from_one_bootstrap(tmp_path, monkeypatch):
+    """Its intervals from one bootstrap, the best's lead over every other method from one more (not one per method):
+    each a full pass of 2,000 replicates over the samples. The ties are what one test per method finds."""
+    info = planted_report(tmp_path, methods=6, samples=30, metrics=("psnr",))
+    records = report.read_records(tmp_path / "results.jsonl")
+    calls = []
+    bootstrap = stats.paired_bootstrap
+    counted = lambda *args, **kwargs: calls.append(1) or bootstrap(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(stats, "paired_bootstrap", counted)
+    monkeypatch.setattr(report, "paired_bootstrap", counted)
+    table = report.build_table(records, info)
+    assert len(calls) == 2
+    monkeypatch.undo()
+    rows = {m: np.array([records[s, m]["metrics"]["psnr"] for s in info["samples"]]) for m in info["methods"]}
+    best = table.tied["psnr"][0]
+    assert table.tied["psnr"] == [best] + [
+        m for m in sorted(rows, key=lambda m: -rows[m].mean())[1:] if stats.paired_difference(rows[best], rows[m]).low <= 0
+    ]
+
+
+def test_the_failed_cells_of_a_method_take_one_pass_over_its_records(tmp_path):
+    class CountedRecords(dict):
+        lookups = 0
+
+        def get(self, key, default=None):
+            CountedRecords.lookups += 1
+            return super().get(key, default)
+
+    info = planted_report(tmp_path, methods=1, samples=50)
+    records = CountedRecords(report.read_records(tmp_path / "results.jsonl"))
+    assert report._failed_cells(records, info, "m0") == 0
+    assert CountedRecords.lookups == 50  # not once per sample and cell (generate, psnr, ssim)
+
+
+def test_the_scatter_draws_a_bounded_number_of_dots_and_every_samples_mean(monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn = []
+    scatter = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda axes, x, y, **kw: drawn.append((np.asarray(x), np.asarray(y))) or scatter(axes, x, y, **kw))
+    samples = 3 * report.MAX_PLOTTED_DOTS
+    color = {f"s{i}": float(i) for i in range(samples)}
+    structure = {f"s{i}": 1.0 - i / samples for i in range(samples)}
+    assert report._tradeoff_plot({"color": {"a": color}, "structure": {"a": structure}})
+    (dots_x, _), (mean_x, mean_y) = drawn
+    assert len(dots_x) == report.MAX_PLOTTED_DOTS and dots_x.min() == 0 and dots_x.max() == samples - 1
+    assert (mean_x[0], mean_y[0]) == pytest.approx((np.mean(list(color.values())), np.mean(list(structure.values()))))

@@ -33,7 +33,7 @@ import numpy as np
 
 from seminft_bench.bench.metrics import METRICS
 from seminft_bench.bench.results import cell_key, read_records
-from seminft_bench.bench.stats import Estimate, kendall, paired_bootstrap, paired_difference, spearman
+from seminft_bench.bench.stats import Estimate, kendall, paired_bootstrap, paired_differences, spearman
 from seminft_bench.fileio import atomic_write_text
 
 BOUNDS = ("identity", "reference", "oracle")
@@ -41,6 +41,9 @@ NOT_COMPUTED = "not computed"
 NOT_COMPUTED_YET = "no value under the current settings yet (run `seminft-bench run` on this folder again)"
 """Why a column is not computed when run.json gives no reason: the run stopped before it, or its settings changed."""
 MAX_GRID_SAMPLES = 50
+MAX_PLOTTED_DOTS = 2000
+"""Dots per method in the transfer/preservation scatter (its crosses are the means of every sample): more hide
+each other and cost seconds per 10,000."""
 MIN_RANKED_SAMPLES = 10
 """Below this many common samples nothing is marked: a percentile bootstrap calls any difference that has
 one sign on every sample significant, which on 2 or 5 samples is chance (a sign test gives p = 0.5, 0.06)."""
@@ -96,6 +99,7 @@ class Table:
     tied: dict[str, list[str]] = field(default_factory=dict)  # column → methods not significantly worse than the best
     excluded: dict[str, dict[str, str]] = field(default_factory=dict)  # column → sample → why it is not compared
     not_computed: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # column → method → `current_values`
 
 
 def current_values(records: dict, info: dict, method: str, col: Column) -> dict[str, float]:
@@ -125,11 +129,13 @@ def build_table(records: dict, info: dict) -> Table:
         if not compared:
             if any(_errors(records, info, m, col.cell) for m in methods):  # its failures stay in sight
                 table.columns.append(col)
+                table.values[col.key] = values
                 table.cells.update({(m, col.key): None for m in methods})
             else:
                 table.not_computed.setdefault(col.not_computed_as, NOT_COMPUTED_YET)
             continue
         table.columns.append(col)
+        table.values[col.key] = values
         common = [s for s in info.get("samples", []) if all(s in values[m] for m in compared)]
         table.excluded[col.key] = _exclusions(records, info, values, compared, common, col)
         if not common:
@@ -143,17 +149,18 @@ def build_table(records: dict, info: dict) -> Table:
 
 
 def _mark(table: Table, col: Column, rows: dict[str, np.ndarray]) -> None:
-    """Bold the best when the paired interval of its lead over the runner-up excludes 0, else mark the tie."""
+    """Bold the best when the paired interval of its lead over the runner-up excludes 0, else mark the tie.
+
+    The best's lead over every other method comes from one bootstrap (one draw of the samples for all)."""
     if len(rows) < 2 or len(next(iter(rows.values()))) < MIN_RANKED_SAMPLES:
         return
     sign = 1.0 if col.higher_is_better else -1.0
-    order = sorted(rows, key=lambda m: sign * float(np.mean(rows[m])), reverse=True)
-    best = order[0]
-    lead = paired_difference(sign * rows[best], sign * rows[order[1]])
-    if lead.low > 0:
+    best, *others = sorted(rows, key=lambda m: sign * float(np.mean(rows[m])), reverse=True)
+    leads = dict(zip(others, paired_differences(sign * rows[best], np.array([sign * rows[m] for m in others]))))
+    if leads[others[0]].low > 0:
         table.best[col.key] = best
         return
-    table.tied[col.key] = [m for m in order if m == best or paired_difference(sign * rows[best], sign * rows[m]).low <= 0]
+    table.tied[col.key] = [best] + [m for m in others if leads[m].low <= 0]
 
 
 def _exclusions(records, info, values, compared, common: list[str], col) -> dict[str, str]:
@@ -182,7 +189,14 @@ def _errors(records: dict, info: dict, method: str, cell: str) -> int:
 
 
 def _failed_cells(records: dict, info: dict, method: str) -> int:
-    return sum(_errors(records, info, method, cell) for cell in _current_cells(info))
+    """The method's failed cells under the current settings, in one pass over its records."""
+    cells = _current_cells(info)
+    failed = 0
+    for sample in info.get("samples", []):
+        errors = (records.get((sample, method)) or {}).get("errors")
+        if errors:
+            failed += sum(cell in errors for cell in cells)
+    return failed
 
 
 def judge_agreement(records: dict, info: dict) -> dict[tuple[str, str], tuple[float | None, float | None, int]]:
@@ -420,13 +434,12 @@ def report_html(run_dir: Path, table: Table, agreement: dict, sanity: dict, cost
     sanity_items = "".join(
         f"<li>{esc(j)}: " + ", ".join(f"{esc(b)} {m:.2f}" for b, m in means.items()) + "</li>" for j, means in sanity.items()
     )
-    per_column = {c.key: {m: current_values(records, info, m, c) for m in table.methods} for c in table.columns}
     plots = "".join(
         f'<figure><img alt="{esc(c.label)} per method" src="data:image/png;base64,{png}"><figcaption>{esc(c.label)}</figcaption></figure>'
         for c in table.columns
-        if (png := _distribution_plot(per_column[c.key], c))
+        if (png := _distribution_plot(table.values[c.key], c))
     )
-    scatter = _tradeoff_plot(per_column)
+    scatter = _tradeoff_plot(table.values)
     return _PAGE.format(
         title=esc(f"Benchmark: {info.get('dataset', '')}"),
         intro=esc(f"{len(info.get('samples', []))} samples."),
@@ -478,8 +491,8 @@ def _distribution_plot(values: dict[str, dict[str, float]], col: Column) -> str 
 
     Infinite values (the PSNR of an exact copy) cannot be drawn and are left out of the plot only.
     """
-    finite = {m: [v for v in per_sample.values() if math.isfinite(v)] for m, per_sample in values.items()}
-    finite = {m: v for m, v in finite.items() if v}
+    finite = {m: np.array([v for v in per_sample.values() if math.isfinite(v)]) for m, per_sample in values.items()}
+    finite = {m: v for m, v in finite.items() if v.size}  # arrays: matplotlib converts lists slowly
     if not finite or col.key == "success":
         return None
     plt = _pyplot()
@@ -491,7 +504,10 @@ def _distribution_plot(values: dict[str, dict[str, float]], col: Column) -> str 
 
 
 def _tradeoff_plot(per_column: dict[str, dict[str, dict[str, float]]]) -> str | None:
-    """``color`` (x, to the reference) against ``structure`` (y, to the source) per method, as base64 PNG."""
+    """``color`` (x, to the reference) against ``structure`` (y, to the source) per method, as base64 PNG.
+
+    Each cross is a method's mean over all its samples; at most `MAX_PLOTTED_DOTS` of them are drawn as dots,
+    evenly spread over the samples' order."""
     if "color" not in per_column or "structure" not in per_column:
         return None
     plt = _pyplot()
@@ -501,9 +517,10 @@ def _tradeoff_plot(per_column: dict[str, dict[str, dict[str, float]]]) -> str | 
         samples = [s for s in color if s in structure]
         if not samples:
             continue
-        x, y = [color[s] for s in samples], [structure[s] for s in samples]
-        dots = axes.scatter(x, y, s=14, alpha=0.35, color=f"C{i % 10}")
-        axes.scatter([np.mean(x)], [np.mean(y)], s=120, marker="X", color=dots.get_facecolor()[0][:3], label=method, edgecolors="black")
+        x, y = np.array([color[s] for s in samples]), np.array([structure[s] for s in samples])
+        shown = np.linspace(0, len(samples) - 1, min(len(samples), MAX_PLOTTED_DOTS)).round().astype(int)
+        dots = axes.scatter(x[shown], y[shown], s=14, alpha=0.35, color=f"C{i % 10}")
+        axes.scatter([x.mean()], [y.mean()], s=120, marker="X", color=dots.get_facecolor()[0][:3], label=method, edgecolors="black")
     axes.set_xlabel("color distance to the reference (lower: closer)")
     axes.set_ylabel("structure kept from the source (higher: more)")
     axes.legend(fontsize=8, loc="best")

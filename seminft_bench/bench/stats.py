@@ -38,25 +38,42 @@ def bootstrap_mean(values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES
 
 
 BOOTSTRAP_CHUNK_ELEMENTS = 1 << 22
-"""Replicates are drawn in chunks of at most this many values (methods × replicates × samples, 32 MiB of float64),
-so the bootstrap's memory stays O(methods × samples) however many samples there are."""
+"""Replicates are drawn in chunks of at most this many draws (replicates × samples, 32 MiB of int64), so the
+bootstrap's memory stays O(methods × samples) however many samples there are."""
 
 
 def paired_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[Estimate]:
     """Per row of ``values`` (methods × samples, the same samples in every row) its mean and 95% interval,
-    from one bootstrap whose every replicate draws the sample ids once for all rows."""
+    from one bootstrap whose every replicate draws the sample ids once for all rows.
+
+    A replicate's means are its count of each sample times the values (one product for all rows), not a
+    gather of every drawn value of every row: the same numbers to rounding, several times faster."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"expected a methods × samples array with at least one sample, got shape {x.shape}")
     rng, samples = np.random.default_rng(seed), x.shape[1]
-    chunk = max(1, min(resamples, BOOTSTRAP_CHUNK_ELEMENTS // (samples * x.shape[0])))
-    means = np.empty((x.shape[0], resamples))  # rows × resamples
+    chunk = max(1, min(resamples, BOOTSTRAP_CHUNK_ELEMENTS // samples))
+    means, counts = np.empty((resamples, x.shape[0])), np.empty((chunk, samples))
     for start in range(0, resamples, chunk):  # the same draws, in order, as one (resamples × samples) array
         draws = rng.integers(0, samples, size=(min(chunk, resamples - start), samples))
-        with np.errstate(invalid="ignore"):
-            means[:, start : start + len(draws)] = x[:, draws].mean(axis=2)
-    low, high = np.quantile(means, [0.025, 0.975], axis=1, method="inverted_cdf")
-    return [Estimate(float(m), float(lo), float(hi), x.shape[1]) for m, lo, hi in zip(x.mean(axis=1), low, high)]
+        for row, drawn in zip(counts, draws):
+            row[:] = np.bincount(drawn, minlength=samples)
+        means[start : start + len(draws)] = _replicate_means(x, counts[: len(draws)])
+    low, high = np.quantile(means, [0.025, 0.975], axis=0, method="inverted_cdf")
+    with np.errstate(invalid="ignore"):
+        mean = x.mean(axis=1)
+    return [Estimate(float(m), float(lo), float(hi), x.shape[1]) for m, lo, hi in zip(mean, low, high)]
+
+
+def _replicate_means(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Replicates × rows means from each replicate's ``counts`` of the samples. A replicate that drew an infinity
+    (the PSNR of an exact copy) or a NaN gets the mean the drawn values have: ±inf, or NaN (NaN, or both infinities)."""
+    with np.errstate(invalid="ignore"):
+        means = counts @ np.where(np.isfinite(x), x, 0).T / x.shape[1]
+        for drawn, value in ((x == np.inf, np.inf), (x == -np.inf, -np.inf), (np.isnan(x), np.nan)):
+            if drawn.any():
+                means = np.where(counts @ drawn.T > 0, means + value, means)
+    return means
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Estimate:
@@ -65,12 +82,20 @@ def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = B
     An interval that excludes 0 says the two differ on these samples (at about the 5% level).
     Pairs where both are infinite (two exact copies) differ by nothing and count as 0.
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values must have one shape, got {a.shape} and {b.shape}")
+    return paired_differences(a, np.asarray(b, dtype=np.float64)[None], resamples, seed)[0]
+
+
+def paired_differences(
+    a: Sequence[float], others: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> list[Estimate]:
+    """`paired_difference` of ``a`` and each row of ``others`` (rows × samples), from one bootstrap: the same
+    draws, hence the same intervals, as one call per row."""
+    a, others = np.asarray(a, dtype=np.float64), np.asarray(others, dtype=np.float64)
+    if others.ndim != 2 or others.shape[1:] != a.shape:
+        raise ValueError(f"paired values must have one shape, got {a.shape} and rows of {others.shape[1:]}")
     with np.errstate(invalid="ignore"):
-        difference = np.where(a == b, 0.0, a - b)
-    return paired_bootstrap(difference[None], resamples, seed)[0]
+        difference = np.where(a == others, 0.0, a - others)
+    return paired_bootstrap(difference, resamples, seed)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
