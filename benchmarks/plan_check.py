@@ -1,5 +1,5 @@
 """`seminft-train plan` against a real step on this CPU: the step's memory as the plan predicts it on the meta device,
-and as glibc's heap measures it in a float32 SFT step of random weights (`plan.HeapPeak`), same config, same run.
+and as PyTorch's CPU allocator peaks in a float32 SFT step of random weights (`plan.allocated_peak`), same config.
 
     .venv/bin/python benchmarks/plan_check.py            # the tiny config, and FLUX.1-dev's width with 1 + 1 blocks at 512²
     .venv/bin/python benchmarks/plan_check.py --quick    # the medium one at 128² instead of 512²
@@ -27,7 +27,7 @@ def main() -> None:
         f"FLUX.1-dev width (1 + 1 blocks) at {8 * medium_side}²": (
             dict(FLUX_DEV_TRANSFORMER, num_layers=1, num_single_layers=1), plan.Shapes(512, 16, medium_side)),
     }  # fmt: skip
-    print(f"{'model':42} {'checkpointing':13} {'lora_on':7} {'plan MiB':>9} {'heap MiB':>9} {'plan/heap':>9}")
+    print(f"{'model':42} {'checkpointing':13} {'lora_on':7} {'plan MiB':>9} {'real MiB':>9} {'plan/real':>9}")
     for label, (model, shapes) in models.items():
         for checkpointing, lora_on in VARIANTS:
             config = SFTConfig(lora_rank=16, lora_alpha=16, gradient_checkpointing=checkpointing, lora_on=lora_on)

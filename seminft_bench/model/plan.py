@@ -163,34 +163,22 @@ def per_block(costs: Callable[[dict], dict[str, Cost]], model_config: dict) -> d
             for name in one}  # fmt: skip
 
 
-class HeapPeak(TorchDispatchMode):
-    """The real peak of a step run on the CPU: glibc's bytes in use (``mallinfo2``: the heap's and mmap's), read after
-    every operator, above what was in use when it started. What checks `LiveBytes` without sharing its logic."""
+def allocated_peak(step: Callable[[], None]) -> int:
+    """The peak of PyTorch's CPU allocator during ``step``, above what it held when ``step`` began: every allocation
+    and free of tensor data, kernels' workspaces included, as the profiler records them. The CPU's counterpart of
+    ``torch.cuda.max_memory_allocated``, so what checks `LiveBytes` without sharing its logic. (The process heap
+    holds more, the tensors' C++ objects and autograd's nodes, a few hundred bytes each; on a GPU they live in host
+    memory, not in the card's.)"""
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self) -> None:
-        import ctypes
-
-        class Mallinfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                               "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
-
-        super().__init__()
-        self._mallinfo = ctypes.CDLL("libc.so.6").mallinfo2
-        self._mallinfo.restype = Mallinfo2
-        self.start = self.peak = self.in_use()
-
-    def in_use(self) -> int:
-        info = self._mallinfo()
-        return info.uordblks + info.hblkhd
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.peak = max(self.peak, self.in_use())
-        return out
-
-    @property
-    def step(self) -> int:
-        return self.peak - self.start
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()  # negative for a free
+        peak = max(peak, held)
+    return peak
 
 
 # --------------------------------------------------------------------------- the model on the meta device
@@ -338,8 +326,8 @@ def sft_cost(config: SFTConfig, model_config: dict, shapes: Shapes, checkpointin
 
 
 def cpu_sft_step_bytes(model_config: dict, shapes: Shapes, config: SFTConfig) -> int:
-    """Bytes a real float32 SFT step of random weights takes on the CPU above what was in use before it (`HeapPeak`;
-    the second step: the first one warms the kernels' buffers). What `sft_cost` in float32 predicts."""
+    """The peak bytes a real float32 SFT step of random weights allocates on the CPU (`allocated_peak`; the second
+    step: the first one warms the kernels' buffers). What `sft_cost` in float32 predicts."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     from seminft_bench.model.components import FLUX_SCHEDULER_CONFIG
@@ -360,10 +348,7 @@ def cpu_sft_step_bytes(model_config: dict, shapes: Shapes, config: SFTConfig) ->
         flux.zero_grad(set_to_none=True)
 
     step()
-    heap = HeapPeak()
-    with heap:
-        step()
-    return heap.step
+    return allocated_peak(step)
 
 
 COLDSTART_LORA = (SFTConfig.lora_rank, SFTConfig.lora_alpha)
