@@ -127,6 +127,18 @@ def test_a_lora_for_another_model_fails_clearly(tmp_path):
         SemiNFTPipeline.tiny(0).load_lora_weights(folder)
 
 
+def test_a_lora_that_also_adapts_a_text_encoder_is_refused_not_cut(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = save_random_lora(tiny_components(0).transformer, tmp_path / "both")
+    file = folder / "pytorch_lora_weights.safetensors"
+    tensors = load_file(file)
+    tensors["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(2, 32)
+    save_file(tensors, file)
+    with pytest.raises(LoraMismatchError, match="text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight: no such"):
+        SemiNFTPipeline.tiny(0).load_lora_weights(folder)
+
+
 def test_missing_weights_name_what_is_missing(tmp_path):
     with pytest.raises(MissingWeightsError, match="no-flux-here"):
         SemiNFTPipeline.from_pretrained(str(tmp_path / "no-flux-here"))

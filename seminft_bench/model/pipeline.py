@@ -160,8 +160,8 @@ class SemiNFTPipeline:
         state_dict, alphas, metadata = FluxPipeline.lora_state_dict(  # any FLUX LoRA format, in diffusers' names
             str(path), return_alphas=True, return_lora_metadata=True
         )
+        check_lora_fits(state_dict, self.components.transformer, path)
         state = transformer_part(state_dict)
-        check_lora_fits(state, self.components.transformer, path)
         if record is not None:
             self._check(record, str(file))
         inject_lora(self.components.transformer, adapter_name, loaded_lora_config(state, alphas, metadata), state)
@@ -433,8 +433,9 @@ class SemiNFTPipeline:
 
 
 def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer: torch.nn.Module, path: Path) -> None:
-    """Every ``X.lora_A/B.weight`` names a linear layer X of ``transformer`` with matching shapes."""
-    modules = dict(transformer.named_modules())
+    """Every ``lora_A/B.weight`` of a file (in diffusers' names) is ``transformer.X``'s, for a linear layer X of
+    ``transformer`` with matching shapes: a text encoder's LoRA is refused, not left out."""
+    modules = {f"transformer.{name}": module for name, module in transformer.named_modules()}
     problems = []
     for key, tensor in state_dict.items():
         for part, axis, attribute in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
