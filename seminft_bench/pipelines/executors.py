@@ -3,7 +3,8 @@
 Builders hand over a picklable function and its unit arguments and get results
 back as units finish, so the driver alone writes (and commits) every result.
 Only ``2 × workers`` units are in flight at once, which keeps memory bounded
-however many units there are.
+however many units there are. `ray_session` is the one place Ray is started or joined
+(``seminft-bench run --executor ray`` goes through it too).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from itertools import islice
+from types import ModuleType
 from typing import Any
 
 EXECUTORS = ("local", "ray")
@@ -68,6 +71,22 @@ def _single_threaded() -> None:
 def _run_ray(
     fn: Callable[..., Any], units: Iterable[Any], workers: int, address: str | None, shared: tuple
 ) -> Iterator[Any]:
+    with ray_session(address, num_cpus=workers) as ray:
+        task = ray.remote(num_cpus=1)(fn)
+        shared_refs = [ray.put(value) for value in shared]
+        todo = iter(units)
+        pending = [task.remote(unit, *shared_refs) for unit in islice(todo, 2 * workers)]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+            pending += [task.remote(unit, *shared_refs) for unit in islice(todo, 1)]
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[ModuleType]:
+    """The ``ray`` module, connected for the block: to the cluster at ``address``, else to a local instance
+    started here with ``num_cpus`` CPUs and ``num_gpus`` GPUs (None: what the machine has), each worker one
+    thread. A Ray this process is already connected to is used as it is and left running."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -76,20 +95,14 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(
-                num_cpus=workers,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
                 include_dashboard=False,
                 log_to_driver=False,
                 runtime_env={"env_vars": SINGLE_THREAD_ENV},
             )
-    task = ray.remote(num_cpus=1)(fn)
-    shared_refs = [ray.put(value) for value in shared]
-    todo = iter(units)
     try:
-        pending = [task.remote(unit, *shared_refs) for unit in islice(todo, 2 * workers)]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-            pending += [task.remote(unit, *shared_refs) for unit in islice(todo, 1)]
+        yield ray
     finally:
         if started_here:
             ray.shutdown()

@@ -44,6 +44,11 @@ class Method(ABC):
 
     name: str = ""
     concurrency: int = 1
+    runs_on: str = "cpu"
+    """Where ``seminft-bench run --executor ray`` runs it: "cpu" (a Ray task with one CPU per sample; the
+    method object is shipped, so it must pickle), "gpu" (built from its name and options in an actor
+    holding one GPU, its model loaded once) or "driver" (API calls and file look-ups, in the process
+    that owns the run folder)."""
     version: str = "1"
     """Bump when a change of code changes this method's outputs: its old outputs are then made again."""
 

@@ -162,6 +162,7 @@ class _APIEditor(Method):
 
     provider: str
     key_env: tuple[str, ...]
+    runs_on = "driver"  # where the reply cache and the cost ledger are
 
     def __init__(
         self,
@@ -363,6 +364,7 @@ class QwenImageEdit(Method):
 
     name = "qwen-image-edit"
     concurrency = 1  # one model on one device
+    runs_on = "gpu"
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ class Ours(Method):
 
     name = "ours"
     concurrency = 1  # one model on one device
+    runs_on = "gpu"
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ class Predictions(Method):
     a fixed resolution), so full-reference metrics compare like with like.
     """
 
+    runs_on = "driver"  # the folder is on the driver's machine
+
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         if not self.folder.is_dir():
