@@ -8,6 +8,13 @@ is submitted through `_Run.submit`, which wraps it so that whatever it raises be
 failed cell, and the run ends when every submitted task has finished (the one completion
 rule). So a slow API judge never holds the local methods back, and nothing can hang.
 
+With ``executor="ray"`` the flow stays the same and the driver still writes everything; only
+the computing moves (`_RayCluster`): a method whose `Method.runs_on` is "cpu" and each
+output's metrics run as one-CPU Ray tasks, a "gpu" method in one actor per GPU of the
+cluster, and the driver's threads wait for them. A cell whose worker or node is lost fails
+like any other (Ray does not retry it) and the rerun makes it; an output is written only
+once it is back, so a lost cell never leaves half a file.
+
 Everything lands in the run folder::
 
     DIR/inputs/{source,reference,target}/{sample}.png   what the methods saw (a folder dataset itself)
@@ -30,14 +37,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -59,6 +69,7 @@ from seminft_bench.bench.samples import ROLES, BenchSet, Sample
 from seminft_bench.errors import MissingWeightsError
 from seminft_bench.fileio import FolderLock, atomic_write_text, remove_partial_writes
 from seminft_bench.imaging import read_image, write_png
+from seminft_bench.pipelines.executors import EXECUTORS, ray_session
 
 DEFAULT_JUDGES = ("gpt-4o", "gemini-2.5-flash", "qwen3-vl-32b")
 DEFAULT_REWARD = "qwen3-vl-8b"
@@ -72,6 +83,7 @@ FOLDER_FILES = ("inputs", "outputs", "results.jsonl", "run.json", "costs.json", 
 
 
 _SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|_SECRET)$")
+T = TypeVar("T")
 
 
 class RunFolderError(ValueError):
@@ -100,6 +112,10 @@ class RunOptions:
     overwrite: bool = False
     method_options: dict[str, dict] = field(default_factory=dict)
     """Per method, its own options, e.g. ``{"ours": {"base": ..., "lora": [...]}}``."""
+    executor: str = "local"
+    """"local" (this process) or "ray" (methods and metrics on a Ray cluster; this process still writes)."""
+    ray_address: str | None = None
+    """The Ray cluster to join ("auto", "ray://HOST:10001"); None starts a local Ray instance."""
 
 
 @dataclass
@@ -136,7 +152,8 @@ def run_benchmark(out: str | os.PathLike, options: RunOptions, bench_set: BenchS
         identity = claim_folder(out, dataset_identity(bench_set, options), overwrite=options.overwrite)
         for folder in ("inputs", "outputs"):  # a killed run's half-written images; the rest of out may not be ours
             remove_partial_writes(out / folder)
-        with _Run(out, options, bench_set, identity, log) as run:
+        cluster = ray_session(options.ray_address) if options.executor == "ray" else nullcontext()
+        with cluster, _Run(out, options, bench_set, identity, log) as run:
             write_inputs(out, bench_set)
             try:
                 run.start()
@@ -167,6 +184,8 @@ def check_names(options: RunOptions) -> None:
             problems.append(f"unknown metric {name!r} (known: {', '.join(METRIC_NAMES)})")
     if len(set(options.methods)) != len(options.methods):
         problems.append("a method is named twice")
+    if options.executor not in EXECUTORS:
+        problems.append(f"unknown executor {options.executor!r} (known: {', '.join(EXECUTORS)})")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -265,14 +284,15 @@ class _Run:
             dino_model=options.dino_model, dino_threshold=options.dino_threshold, device=options.device
         )
         self.cache = _open_cache(options.cache)
+        self.cluster = _RayCluster(bench_set) if options.executor == "ray" else None
         self.methods = self._open_methods()
         self.judges = self._open_judges()
         self.metrics = self._usable_metrics()
         self.settings = self._settings()
         self.keys = {kind: {name: settings_hash(s) for name, s in entries.items()} for kind, entries in self.settings.items()}
         self._write_run_info()
-        self.pools = {f"method {name}": ThreadPoolExecutor(max(1, m.concurrency), f"method-{name}") for name, m in self.methods.items()}
-        self.pools["metrics"] = ThreadPoolExecutor(1, "metrics")
+        self.pools = {f"method {name}": ThreadPoolExecutor(self._width(m), f"method-{name}") for name, m in self.methods.items()}
+        self.pools["metrics"] = ThreadPoolExecutor(1 if self.cluster is None else self.cluster.cpus, "metrics")
         for column, judge in self.judges.items():
             self.pools[f"judge {column}"] = ThreadPoolExecutor(2 * self.options.concurrency, f"judge-{column}")
         self.unfinished = 0
@@ -290,7 +310,7 @@ class _Run:
             self.not_computed[what] = reason
             self.log(f"not computed: {what}: {reason}")
 
-    def _open_methods(self) -> dict[str, Method]:
+    def _open_methods(self) -> dict[str, Method | _GpuMethod]:
         context = MethodContext(
             cache=self.cache, ledger=self.ledger, device=self.options.device, concurrency=self.options.concurrency,
             options=self.options.method_options,
@@ -299,7 +319,10 @@ class _Run:
         for name in self.options.methods:
             try:
                 method = get_method(name, context)
-                method.prepare(self.bench_set)
+                if self.cluster is not None and method.runs_on == "gpu":  # its model loads on the GPUs, not here
+                    method = self.cluster.open_on_gpus(name, context)
+                else:
+                    method.prepare(self.bench_set)
             except (MethodUnavailable, MissingWeightsError) as error:
                 self._skip(f"method {name}", str(error))
                 continue
@@ -340,6 +363,16 @@ class _Run:
             "metrics": {name: get_metric(name).settings(self.metric_settings) for name in self.metrics},
             "judges": {column: judge.settings() for column, judge in self.judges.items()},
         }
+
+    def _width(self, method: Method | _GpuMethod) -> int:
+        """How many of ``method``'s samples are in flight: as many as it allows here; on Ray, as the cluster runs at once."""
+        if self.cluster is None or method.runs_on == "driver":
+            return max(1, method.concurrency)
+        return self.cluster.cpus if method.runs_on == "cpu" else len(self.cluster.gpu_workers)
+
+    def _offload(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in this thread, or with executor ray as a one-CPU Ray task this thread waits for."""
+        return fn(*args) if self.cluster is None else self.cluster.call(fn, *args)
 
     # ------------------------------------------------------------------ tasks
 
@@ -408,7 +441,8 @@ class _Run:
         return record["keys"].get(cell) == cell_key(self.keys, method, cell) and cell not in record["errors"]
 
     def _generate(self, sample: Sample, method: str, output: Path, key: str) -> None:
-        image = self.methods[method].run(sample)
+        maker = self.methods[method]
+        image = self._offload(maker.run, sample) if maker.runs_on == "cpu" else maker.run(sample)
         with Image.open(self.out / "inputs" / "source" / f"{sample.name}.png") as source:
             expected = source.size  # header only: the copy has its orientation baked in
         if not isinstance(image, Image.Image) or image.mode != "RGB" or image.size != expected:
@@ -423,45 +457,26 @@ class _Run:
         self.results.update(sample.name, method, fresh)
 
     def _score_metrics(self, sample: Sample, method: str, names: list[str]) -> None:
-        """Each metric of ``names`` for one output; every image is decoded once, each metric fails on its own."""
+        """Each metric of ``names`` for one output (`_metric_values`, here or on Ray), each recorded on its own."""
         pred = read_image(self.out / "outputs" / method / f"{sample.name}.png")
-        images: dict[str, Image.Image] = {}
-        values: dict[str, object] = {}
-        for name in with_dependencies(names):
-            metric = get_metric(name)
-            if f"metric {name}" in self.not_computed:
-                continue
-            try:
-                if metric.uses is not None:
-                    if metric.uses not in values:
-                        if f"metric {metric.uses}" in self.not_computed:
-                            self._skip(f"metric {name}", f"needs {metric.uses}, which is not computed")
-                            continue
-                        raise ValueError(f"needs {metric.uses}, which failed")
-                    value = metric.compute(values[metric.uses], None, self.metric_settings)
-                else:
-                    role = metric.compared_with
-                    if role not in images:
-                        images[role] = sample.image(role)
-                    value = metric.compute(pred, images[role], self.metric_settings)
-                if np.isnan(np.asarray(value, dtype=np.float64)).any():
-                    raise ValueError(f"{name} is undefined for this pair (NaN)")
-            except MissingWeightsError as error:
+        skipped = frozenset(name for name in with_dependencies(names) if f"metric {name}" in self.not_computed)
+        values, failures = self._offload(_metric_values, pred, sample, names, self.metric_settings, skipped)
+        for name, error in failures.items():
+            if isinstance(error, MissingWeightsError):
                 self._skip(f"metric {name}", str(error))
-                continue
-            except Exception as error:  # noqa: BLE001 - recorded on this metric's cell only
+            else:
                 self._record_errors(sample, method, [f"metric:{name}"], error)
+        for name in names:
+            if name not in values:
                 continue
-            values[name] = value
             cell, key = f"metric:{name}", cell_key(self.keys, method, f"metric:{name}")
 
-            def change(r: dict, name=name, value=value, cell=cell, key=key) -> None:
-                r["metrics"][name] = _plain(value)
+            def change(r: dict, name=name, cell=cell, key=key) -> None:
+                r["metrics"][name] = _plain(values[name])
                 r["keys"][cell] = key
                 r["errors"].pop(cell, None)
 
-            if name in names:
-                self.results.update(sample.name, method, change)
+            self.results.update(sample.name, method, change)
 
     def _judge(self, sample: Sample, method: str, column: str) -> None:
         from seminft_bench.vlm import Pair
@@ -540,6 +555,8 @@ class _Run:
                 judge.close()
             for method in self.methods.values():
                 method.close()
+        if self.cluster is not None:
+            self.cluster.close()
         for bar in self.bars.values():
             bar.close()
         self.results.close()
@@ -577,6 +594,164 @@ class _Run:
             "stage_seconds": self.stage_seconds,
         }
         atomic_write_text(self.out / "run.json", json.dumps(info, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- where the computing runs
+
+
+def _metric_values(
+    pred: Image.Image, sample: Sample, names: Sequence[str], settings: MetricSettings, not_computed: frozenset[str]
+) -> tuple[dict[str, object], dict[str, Exception]]:
+    """The metrics of ``names`` and those they use (except ``not_computed``) on one output: the values, and what
+    each failed one raised (`MissingWeightsError`: it cannot run here). Each image is decoded once. It writes
+    nothing, so it runs wherever the executor puts it."""
+    values: dict[str, object] = {}
+    failures: dict[str, Exception] = {}
+    images: dict[str, Image.Image] = {}
+    for name in with_dependencies(names):
+        metric = get_metric(name)
+        if name in not_computed:
+            continue
+        try:
+            if metric.uses is not None:
+                if metric.uses not in values:
+                    if metric.uses in not_computed or isinstance(failures.get(metric.uses), MissingWeightsError):
+                        raise MissingWeightsError(f"needs {metric.uses}, which is not computed")
+                    raise ValueError(f"needs {metric.uses}, which failed")
+                value = metric.compute(values[metric.uses], None, settings)
+            else:
+                role = metric.compared_with
+                if role not in images:
+                    images[role] = sample.image(role)
+                value = metric.compute(pred, images[role], settings)
+            if np.isnan(np.asarray(value, dtype=np.float64)).any():
+                raise ValueError(f"{name} is undefined for this pair (NaN)")
+        except Exception as error:  # noqa: BLE001 - recorded on this metric's cell only
+            failures[name] = error
+        else:
+            values[name] = value
+    return values, failures
+
+
+class _RayCluster:
+    """A run's share of a Ray cluster: a one-CPU task that runs any picklable call, and (once a GPU method opens)
+    one `_GpuWorker` actor per GPU of the cluster. The driver's threads wait on them and write what comes back."""
+
+    def __init__(self, bench_set: BenchSet):
+        import ray
+
+        self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # No retries: a cell lost with its worker fails and the rerun makes it (a sample that killed its worker would kill the next).
+        self.task = ray.remote(num_cpus=1, max_retries=0)(_apply)
+        self.bench_set = bench_set
+        self.shared_set: ray.ObjectRef | None = None  # the set in Ray's object store, for the GPU workers
+        self.gpu_workers: list[ray.actor.ActorHandle] = []
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        self.workers_alive = 0
+        self.lock = threading.Lock()
+
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        return _wait_for(self.task.remote(fn, *args))
+
+    def open_on_gpus(self, name: str, context: MethodContext) -> _GpuMethod:
+        """Method ``name`` built from its name and options and prepared on every GPU (the first GPU method starts the workers)."""
+        import ray
+
+        if not self.gpu_workers:
+            count = int(ray.cluster_resources().get("GPU", 0))
+            if not count:
+                raise MethodUnavailable(f"{name} needs a GPU and the Ray cluster has none")
+            # No CPU of its own: Ray would hold one for the actor's lifetime, and where a cluster has no more CPUs
+            # than GPUs the metrics' tasks would then wait for ever.
+            worker = ray.remote(num_gpus=1, num_cpus=0)(_GpuWorker)
+            self.gpu_workers = [worker.remote() for _ in range(count)]
+            for actor in self.gpu_workers:
+                self.idle.put(actor)
+            self.workers_alive, self.shared_set = count, ray.put(self.bench_set)
+        shipped = replace(context, cache=None, ledger=None, transport=None)  # the driver's own: they stay here
+        settings = _wait_for([actor.open.remote(name, shipped, self.shared_set) for actor in self.gpu_workers])
+        return _GpuMethod(name, settings[0], self)
+
+    def run_on_gpu(self, name: str, sample: Sample) -> Image.Image:
+        """``name`` on ``sample`` on an idle GPU worker. A worker that dies (its node lost) leaves the rotation, so
+        only its cell in flight fails; with none left, GPU cells fail at once instead of waiting for ever.
+        (`ray.util.ActorPool` hands each result to whichever thread asks next, not to the one that submitted.)"""
+        import ray
+
+        actor = self.idle.get()
+        if actor is None:
+            self.idle.put(None)
+            raise RuntimeError("every GPU worker of the Ray cluster has died; rerun to make these cells")
+        try:
+            image = _wait_for(actor.run.remote(name, sample))
+        except ray.exceptions.ActorDiedError:
+            with self.lock:
+                self.workers_alive -= 1
+                if not self.workers_alive:
+                    self.idle.put(None)  # wakes the cells waiting for a worker: they fail
+            raise
+        except Exception:
+            self.idle.put(actor)
+            raise
+        self.idle.put(actor)
+        return image
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.gpu_workers:
+            ray.kill(actor)
+
+
+class _GpuWorker:
+    """A Ray actor holding one GPU and a copy of every GPU method of the run, as a local run holds them on its device."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, Method] = {}
+
+    def open(self, name: str, context: MethodContext, bench_set: BenchSet) -> dict:
+        """Build and prepare ``name`` here (its model loads on this GPU); its settings key its cells."""
+        method = get_method(name, context)
+        method.prepare(bench_set)
+        self.methods[name] = method
+        return method.settings()
+
+    def run(self, name: str, sample: Sample) -> Image.Image:
+        return self.methods[name].run(sample)
+
+
+@dataclass
+class _GpuMethod:
+    """A GPU method of a Ray run, as `_Run` uses a method: each sample goes to an idle GPU worker."""
+
+    name: str
+    opened: dict
+    cluster: _RayCluster
+    runs_on = "gpu"
+
+    def settings(self) -> dict:
+        return self.opened
+
+    def run(self, sample: Sample) -> Image.Image:
+        return self.cluster.run_on_gpu(self.name, sample)
+
+    def close(self) -> None:
+        """Nothing: its copies go with the GPU workers, which the run stops at its end."""
+
+
+def _apply(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``: the one remote function of a Ray run (a bound method travels with its object)."""
+    return fn(*args)
+
+
+def _wait_for(refs: object) -> Any:
+    """``ray.get(refs)``, raising what the remote code raised as itself: its cell records one line, not Ray's traceback."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        raise error.cause from None
 
 
 def _open_cache(folder: str | None):

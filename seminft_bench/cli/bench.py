@@ -39,6 +39,8 @@ def run_command(
     concurrency: int = typer.Option(16, min=1, help="API requests in flight per judge or API method."),
     config: Optional[Path] = typer.Option(None, help="TOML/JSON file overriding judges' models, endpoints, prices."),
     device: Optional[str] = typer.Option(None, help="Torch device for local models [default: cuda if present]."),
+    executor: str = typer.Option("local", help="local, or ray to generate and score on a Ray cluster (this process writes)."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address, e.g. auto (default: start a local Ray)."),
     dino_threshold: float = typer.Option(DINO_THRESHOLD, help="DINO similarity above which an output keeps the source's content."),
     dino_model: str = typer.Option(DINO_MODEL, help="DINO model (Hugging Face id in the local cache, or a folder)."),
     ours_base: Optional[str] = typer.Option(None, help="ours: FLUX.1-dev folder or cached hub id; tiny:SEED for the tiny random model."),
@@ -62,6 +64,7 @@ def run_command(
         metrics=_names(metrics), split=split, variant=variant, skip_bad=skip_bad, limit=limit,
         concurrency=concurrency, cache=str(cache) if cache else None, judge_config=str(config) if config else None,
         device=device, dino_threshold=dino_threshold, dino_model=dino_model, overwrite=overwrite,
+        executor=executor, ray_address=ray_address,
         method_options={
             "ours": _ours_options(ours_config, base=ours_base, lora=ours_lora, steps=ours_steps, seed=ours_seed),
             **_ours_variants(ours_variant),
@@ -69,7 +72,7 @@ def run_command(
     )
     try:
         summary = run_benchmark(out, options, log=lambda line: typer.echo(line, err=True))
-    except (ValueError, FileNotFoundError, ImageReadError, FolderLocked) as error:
+    except (ValueError, FileNotFoundError, ImageReadError, FolderLocked, ConnectionError) as error:  # ConnectionError: no Ray there
         fail(error)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: everything finished so far is kept in {out}; rerun the same command to resume", err=True)
