@@ -91,6 +91,7 @@ class Killer(Method):
         return source.copy()
 
 
+@pytest.mark.timeout(120)  # the run ends without the lost cell: it never waits for it
 def test_a_killed_worker_fails_only_its_cell_and_a_rerun_makes_exactly_that(cluster, tmp_path, bench_set, monkeypatch):
     monkeypatch.setitem(runner_module.REGISTRY, "killer", f"{__name__}:Killer")
     killer = {"methods": [*METHODS, "killer"], "method_options": {"killer": {"marker": str(tmp_path / "killed")}}}
