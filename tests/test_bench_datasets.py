@@ -370,3 +370,19 @@ def test_a_rerun_decodes_only_what_was_not_checked_before(tmp_path, monkeypatch)
     decoded.clear()
     assert len(load_bench_set(root, variant="bw", skip_bad=True, known_good=known_good).samples) == 2
     assert decoded.count("a.png") == 3  # bw greys its sources, so it decodes them
+
+
+def test_a_rerun_of_a_benchmark_decodes_no_input_image_again(tmp_path, monkeypatch):
+    """`run_benchmark` vouches with its folder's run.json: a rerun of a finished run decodes nothing to load the set."""
+    from seminft_bench.bench.runner import RunOptions, run_benchmark
+
+    root = _folder_set(tmp_path / "set", ["a", "b"])
+    options = RunOptions(dataset=str(root), methods=("identity",), judges=(), reward=None, metrics=("psnr",))
+    run_benchmark(tmp_path / "run", options, log=lambda line: None)
+    decoded = []
+    read_image = bench_datasets.read_image
+    monkeypatch.setattr(bench_datasets, "read_image", lambda src, **kw: decoded.append(src.name) or read_image(src, **kw))
+    run_benchmark(tmp_path / "run", options, log=lambda line: None)
+    assert decoded == []
+    run_benchmark(tmp_path / "other", options, log=lambda line: None)  # a new folder vouches for nothing
+    assert sorted(set(decoded)) == ["a.png", "b.png"]
