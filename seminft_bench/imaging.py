@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import os
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -98,6 +99,12 @@ def sample_photo(name: str) -> np.ndarray:
     from skimage import data
 
     return data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+
+
+def is_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch: a tensor implies torch is imported, so numpy and
+    PIL callers never pay for it. A torch that another thread is still importing has no Tensor yet, nor tensors."""
+    return isinstance(value, getattr(sys.modules.get("torch"), "Tensor", ()))
 
 
 def to_array(image: Image.Image | np.ndarray, dtype: npt.DTypeLike = np.uint8) -> np.ndarray:

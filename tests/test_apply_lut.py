@@ -288,3 +288,18 @@ def test_torch_cuda_matches_numpy(interpolation):
     codes = random_uint8_image(rng, (2, 64, 64, 3))
     out = apply_lut(to_tensor(codes).cuda(), lut, interpolation)
     assert np.abs(to_numpy(out).astype(int) - apply_lut(codes, lut, interpolation)).max() <= 1
+
+
+def test_a_lut_applies_to_numpy_while_another_thread_is_still_importing_torch(monkeypatch):
+    """A torch half imported (in sys.modules, no Tensor yet) must not break numpy callers, as it did oracle cells
+    of runs whose metric thread was importing torch."""
+    import sys
+    import types
+
+    from seminft_bench.imaging import is_tensor
+
+    image = np.random.default_rng(0).random((4, 5, 3))
+    expected = apply_lut(image, Lut3D.identity(5))
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # as a partial import looks
+    assert not is_tensor(image)
+    np.testing.assert_array_equal(apply_lut(image, Lut3D.identity(5)), expected)

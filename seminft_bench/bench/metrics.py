@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from seminft_bench.errors import MissingWeightsError
-from seminft_bench.imaging import to_array
+from seminft_bench.imaging import is_tensor, to_array
 
 if TYPE_CHECKING:
     import torch
@@ -438,7 +437,7 @@ def _as_batch(images: ImageInput, name: str) -> tuple[np.ndarray, tuple[int, ...
         return np.concatenate([single for single, _ in singles]), (len(singles),)
     if isinstance(images, Image.Image):
         images = to_array(images)
-    if isinstance(images, _tensor_type()):
+    if is_tensor(images):
         if images.ndim < 3 or images.shape[-3] != 3:
             raise ValueError(f"{name}: expected a …×3×H×W tensor, got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
@@ -453,12 +452,6 @@ def _as_batch(images: ImageInput, name: str) -> tuple[np.ndarray, tuple[int, ...
     if images.dtype != np.uint8 and images.dtype.kind != "f":
         raise ValueError(f"{name}: pixels must be uint8, or float in [0, 1], not {images.dtype}")
     return images.reshape(-1, *images.shape[-3:]), tuple(images.shape[:-3])
-
-
-def _tensor_type() -> type | tuple[()]:
-    """torch.Tensor where torch is imported, else nothing to match: a tensor implies torch, so numpy and PIL callers
-    never import it. A torch that another thread is still importing has no Tensor yet (and no tensors either)."""
-    return getattr(sys.modules.get("torch"), "Tensor", ())
 
 
 def _tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:

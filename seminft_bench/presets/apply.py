@@ -23,12 +23,12 @@ The output has the input's type, shape and dtype.
 from __future__ import annotations
 
 import itertools
-import sys
 from typing import Any
 
 import numba
 import numpy as np
 
+from seminft_bench.imaging import is_tensor
 from seminft_bench.presets.lut import Lut1D, Lut3D
 
 INTERPOLATIONS = ("tetrahedral", "trilinear")
@@ -44,8 +44,7 @@ def apply_lut(image: Any, lut: Lut1D | Lut3D, interpolation: str = "tetrahedral"
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if not isinstance(lut, (Lut1D, Lut3D)):
         raise TypeError(f"lut must be a Lut1D or Lut3D, got {type(lut).__name__}")
-    torch = sys.modules.get("torch")  # a tensor implies torch is imported; never import it for numpy callers
-    if torch is not None and isinstance(image, torch.Tensor):
+    if is_tensor(image):
         return _apply_torch(image, lut, interpolation == "tetrahedral")
     return _apply_numpy(np.asarray(image), lut, interpolation == "tetrahedral")
 
