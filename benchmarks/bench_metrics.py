@@ -2,15 +2,15 @@
 
     .venv/bin/python benchmarks/bench_metrics.py [--device cuda] [--repeats 3] [--vgg]
 
-Every implementation gets the same float32 B×3×H×W tensor already on the device and works
-through it in the same chunks; times are the best of ``--repeats`` runs, taken in turns after
-a warm-up.
+The peers get the same float32 B×3×H×W tensor already on the device and work through it in the
+same chunks; our PSNR and SSIM are numpy code (so that runs without model-based metrics never import
+torch) and get the uint8 N×H×W×3 photos as they are read, on the CPU whatever ``--device`` says.
+Times are the best of ``--repeats`` runs, taken in turns after a warm-up.
 Values: PSNR and SSIM are checked against scikit-image (float64, the definition) on the
 first pairs, LPIPS against the lpips package called directly (ours runs that same network
 channels-last, which moves values by float32 rounding, about 1e-6). SSIM is Wang et al.'s
 (11×11 Gaussian, σ = 1.5, mean over the pixels whose window lies inside the image); piq runs
-with ``downsample=False`` to compute that. The "ours float64" row takes the same float32
-input, so its remaining gap (1e-8 scale) is the input's rounding of k/255, not the arithmetic.
+with ``downsample=False`` to compute that.
 
 LPIPS runs offline: a temporary TORCH_HOME receives random AlexNet/VGG16 backbones under
 torchvision's file names, and piq's ``lpips_weights.pt`` is written from the lpips package's
@@ -142,7 +142,7 @@ def main() -> None:
           f"best of {args.repeats} runs; values checked on the first {CHECKED} pairs")
 
     psnr_results = time_in_turns({
-        "ours": lambda: metrics.psnr(pred, target, device=device, batch_size=16),
+        "ours": lambda: metrics.psnr(preds_uint8, targets_uint8),
         "piq": lambda: in_chunks(lambda p, t: piq.psnr(p, t, data_range=1.0, reduction="none"), pred, target, 16),
         "torchmetrics": lambda: in_chunks(
             lambda p, t: tm_psnr(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3)), pred, target, 16
@@ -152,8 +152,7 @@ def main() -> None:
     report("PSNR (dB)", psnr_results, exact_psnr, "skimage", 1e-5)
 
     ssim_results = time_in_turns({
-        "ours": lambda: metrics.ssim(pred, target, device=device, batch_size=16),
-        "ours float64": lambda: metrics.ssim(pred, target, device=device, dtype=torch.float64, batch_size=16),
+        "ours": lambda: metrics.ssim(preds_uint8, targets_uint8),
         "piq": lambda: in_chunks(
             lambda p, t: piq.ssim(p, t, data_range=1.0, downsample=False, reduction="none"), pred, target, 16
         ),
