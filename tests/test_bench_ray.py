@@ -7,16 +7,13 @@ import signal
 import sys
 
 import pytest
-import skimage.data
 
 from seminft_bench.bench import runner as runner_module
 from seminft_bench.bench.methods import Method
 from seminft_bench.bench.results import read_records
 from seminft_bench.bench.runner import RunOptions, run_benchmark
-from seminft_bench.bench.samples import BenchSet, Sample
-from seminft_bench.imaging import encode_png
 from seminft_bench.pipelines.executors import ray_session
-from seminft_bench.presets import apply_lut, builtin_presets
+from test_bench_runner import bench_set  # noqa: F401 (the same mini set, a fixture)
 
 METHODS = ["identity", "oracle", "reinhard", "mkl"]
 METRICS = ["psnr", "ssim", "color", "structure"]
@@ -32,18 +29,6 @@ def cluster():
             yield
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.fixture(scope="module")
-def bench_set():
-    photos = [skimage.data.astronaut()[::8, ::8], skimage.data.coffee()[::8, ::8], skimage.data.chelsea()[::6, ::6]]
-    presets = builtin_presets()
-    samples = []
-    for i, photo in enumerate(photos):
-        lut = presets[3 * i + 1].to_lut()
-        reference = apply_lut(photos[(i + 1) % 3], lut)
-        samples.append(Sample(f"s{i}", encode_png(photo), encode_png(reference), encode_png(apply_lut(photo, lut)), presets[3 * i + 1]))
-    return BenchSet("mini", samples)
 
 
 def run(out, bench_set, **overrides):
