@@ -1,6 +1,5 @@
 """SemiNFTPipeline on the tiny random components: sizes, the condition cache, LoRA files, and `--method ours`."""
 
-import numpy as np
 import pytest
 import skimage.data
 import torch
