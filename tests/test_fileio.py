@@ -44,6 +44,17 @@ def test_any_number_of_kills_mid_write_lose_no_finished_record(tmp_path):
     assert sorted(s for s, _ in records) == sorted(finished)
 
 
+def test_a_repair_drops_blank_lines_ends_the_last_line_and_leaves_a_sound_file_alone(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"x": 1}\n\n  \n{"x": 2}')  # blank lines, a complete last record without its newline
+    assert JsonLines(path).read() == [{"x": 1}, {"x": 2}]
+    assert path.read_bytes() == b'{"x": 1}\n{"x": 2}\n'
+    inode = path.stat().st_ino
+    store = JsonLines(path)
+    assert store.read() == [{"x": 1}, {"x": 2}] and store.dropped == 0
+    assert path.stat().st_ino == inode and not list(tmp_path.glob(".*.tmp"))  # sound: not rewritten
+
+
 def test_the_store_appends_whole_lines_and_rewrites_atomically(tmp_path):
     store = JsonLines(tmp_path / "a.jsonl")
     assert store.read() == []
