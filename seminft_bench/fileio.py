@@ -227,5 +227,8 @@ class JsonLines:
         return ordered
 
     def rewrite(self, records: list[dict]) -> Path:
-        """Replace the whole file atomically (compaction)."""
-        return atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records))
+        """Replace the whole file atomically (compaction), a line at a time: not the whole text and its bytes at once."""
+        with _atomic_file(self.path) as f:
+            for r in records:
+                f.write((json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+        return self.path

@@ -217,3 +217,18 @@ def test_records_read_back_share_their_repeated_strings(tmp_path):
         assert all(x is y for x, y in zip(a[name], b[name])) and all(x is y for x, y in zip(a[name], c[name]))
     assert a["method"] is b["method"] and b["sample"] is c["sample"]
     assert all(a["keys"][cell] is b["keys"][cell] for cell in a["keys"])
+
+
+def test_compacting_results_writes_a_line_at_a_time(tmp_path):
+    """A compaction holds a fraction of the file beyond its records: once the file's text and its bytes, both whole
+    (0.7 GB more at the end of a run of 100,000 samples × 8 methods)."""
+    path = results_like(tmp_path / "results.jsonl", 1000)
+    records = JsonLines(path).read()
+    tracemalloc.start()
+    try:
+        JsonLines(path).rewrite(records)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < path.stat().st_size / 2
+    assert JsonLines(path).read() == records and not list(tmp_path.glob(".*.tmp"))
