@@ -232,3 +232,18 @@ def test_compacting_results_writes_a_line_at_a_time(tmp_path):
         tracemalloc.stop()
     assert peak < path.stat().st_size / 2
     assert JsonLines(path).read() == records and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_read_records_completes_the_records_read_not_copies_of_them(tmp_path, monkeypatch):
+    """A copy of every record, built while the records read were still held, added 0.36 GB to a report's peak at
+    100,000 samples × 8 methods."""
+    path = results_like(tmp_path / "results.jsonl", 2)
+    with path.open("a") as f:
+        f.write('{"sample": "000000", "method": "old", "metrics": {"psnr": 1.5}}\n')  # written before some fields existed
+    read = JsonLines.read
+    parsed = []
+    monkeypatch.setattr(JsonLines, "read", lambda store: parsed.extend(read(store)) or parsed)
+    records = read_records(path)
+    assert len(records) == len(parsed) == 9
+    assert all(records[r["sample"], r["method"]] is r for r in parsed)
+    assert records["000000", "old"] == {**new_record("000000", "old"), "metrics": {"psnr": 1.5}}
