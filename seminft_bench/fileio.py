@@ -166,9 +166,8 @@ class JsonLines:
         """Every complete record in file order, after repairing the file on disk if it needed it.
 
         Read line by line, and the records share their repeated strings (keys, and values such as method
-        names and settings hashes): a results file of 800,000 records (366 MB) read whole and decoded with
-        every string its own copy peaked at 4 GB, this way at about 1 GB. A repair copies the kept lines
-        line by line too.
+        names and settings hashes): a results file of 800,000 records (366 MB), read whole with every
+        string its own copy, took 3.8 GB; this way 0.9 GB. A repair copies the kept lines line by line too.
         """
         if not self.path.exists():
             return []
