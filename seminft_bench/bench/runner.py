@@ -409,7 +409,7 @@ class _Run:
             if self.stopping.is_set():
                 return
             self.bars[stage].total += 1
-            self.bars[stage].refresh()
+            self.bars[stage].update(0)  # redrawn as tqdm throttles its updates, not once a task (O(N) redraws)
             self.unfinished += 1
             self.pools[pool].submit(guarded)
 
