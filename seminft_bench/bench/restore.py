@@ -77,7 +77,7 @@ def load_text_to_image(model: str = DEFAULT_TEXT_TO_IMAGE, *, device: str | None
     folder = locate_weights(model)
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise MissingWeightsError(f"text-to-image model {model!r} at {folder} does not load: {error}") from error
     return pipe.to(device)
