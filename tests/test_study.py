@@ -191,6 +191,7 @@ def test_page_in_headless_chromium(run_dir, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     study = tmp_path / "study"
     page = make_study(run_dir, METHODS, study)
@@ -218,6 +219,8 @@ def test_page_in_headless_chromium(run_dir, tmp_path):
         assert "7 item(s) still need both answers" in driver.find_element(By.ID, "message").text
         pick(expected[:3])
         driver.find_element(By.ID, "participant").send_keys("alice")
+        # the keys reach the page asynchronously: reload once its input handler has saved them
+        WebDriverWait(driver, 10).until(lambda d: "alice" in d.execute_script("return Object.values(localStorage).join()"))
         driver.refresh()  # answers so far survive a reload
         assert driver.find_element(By.ID, "participant").get_attribute("value") == "alice"
         assert driver.find_element(By.ID, "progress-text").text == "3 of 7 items answered"
