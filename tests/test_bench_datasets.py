@@ -374,6 +374,7 @@ def test_a_rerun_decodes_only_what_was_not_checked_before(tmp_path, monkeypatch)
 
 def test_a_rerun_of_a_benchmark_decodes_no_input_image_again(tmp_path, monkeypatch):
     """`run_benchmark` vouches with its folder's run.json: a rerun of a finished run decodes nothing to load the set."""
+    from seminft_bench.bench import runner
     from seminft_bench.bench.runner import RunOptions, run_benchmark
 
     root = _folder_set(tmp_path / "set", ["a", "b"])
@@ -382,7 +383,11 @@ def test_a_rerun_of_a_benchmark_decodes_no_input_image_again(tmp_path, monkeypat
     decoded = []
     read_image = bench_datasets.read_image
     monkeypatch.setattr(bench_datasets, "read_image", lambda src, **kw: decoded.append(src.name) or read_image(src, **kw))
+    hashed = []
+    fingerprint = runner.sample_fingerprint
+    monkeypatch.setattr(runner, "sample_fingerprint", lambda sample: hashed.append(sample.name) or fingerprint(sample))
     run_benchmark(tmp_path / "run", options, log=lambda line: None)
     assert decoded == []
+    assert sorted(hashed) == ["a", "b"]  # once each: the same fingerprint vouches for the load and names the folder
     run_benchmark(tmp_path / "other", options, log=lambda line: None)  # a new folder vouches for nothing
     assert sorted(set(decoded)) == ["a.png", "b.png"]

@@ -325,30 +325,26 @@ def _checked(
     """Decode every image once (in threads, pixels dropped at once), but those of samples ``known_good`` vouches
     for, and sort good samples from bad."""
 
-    def check(draft: _Draft) -> tuple[list[str], bytes | None]:
+    def check(draft: _Draft) -> tuple[Sample, list[str], bytes | None]:
+        sample = Sample(draft.name, draft.source, draft.reference, draft.target, draft.preset, draft.info)
         if not draft.problems and not grey and known_good is not None:
             try:
-                if known_good(_sample(draft)):
-                    return [], None
+                if known_good(sample):
+                    return sample, [], None
             except OSError:  # a file that cannot be read: the decode says which and why
                 pass
-        return _decode(draft, grey)
+        return sample, *_decode(draft, grey)
 
     with ThreadPoolExecutor(_DECODE_THREADS) as pool:
         results = list(pool.map(check, drafts))
     samples, skipped = [], []
-    for draft, (decode_problems, grey_source) in zip(drafts, results):
+    for draft, (sample, decode_problems, grey_source) in zip(drafts, results):
         problems = draft.problems + decode_problems
         if problems:
             skipped.append(Skipped(draft.name, "; ".join(problems)))
-        else:  # a grey source no longer maps to the target through the preset: drop it
-            sample = _sample(draft)
+        else:  # the very sample ``known_good`` saw; a grey source no longer maps to the target through the preset
             samples.append(replace(sample, source=grey_source, preset=None) if grey else sample)
     return samples, skipped
-
-
-def _sample(draft: _Draft) -> Sample:
-    return Sample(draft.name, draft.source, draft.reference, draft.target, draft.preset, draft.info)
 
 
 def _decode(draft: _Draft, grey: bool) -> tuple[list[str], bytes | None]:

@@ -144,14 +144,21 @@ def run_benchmark(out: str | os.PathLike, options: RunOptions, bench_set: BenchS
     out = Path(out)
     check_names(options)
     recorded = recorded_fingerprints(out)  # a rerun's samples with the very bytes of last time are not decoded again
+    computed: dict[str, tuple[Sample, str]] = {}
+
+    def fingerprint(sample: Sample) -> str:  # once per sample object: for the load's vouching, then the identity
+        if (seen := computed.get(sample.name)) is None or seen[0] is not sample:
+            computed[sample.name] = seen = (sample, sample_fingerprint(sample))
+        return seen[1]
+
     bench_set = bench_set or load_bench_set(
         options.dataset, split=options.split, variant=options.variant, skip_bad=options.skip_bad, limit=options.limit,
-        known_good=lambda sample: recorded.get(sample.name) == sample_fingerprint(sample),
+        known_good=lambda sample: recorded.get(sample.name) == fingerprint(sample),
     )
     for skipped in bench_set.skipped:
         log(f"skipped sample {skipped.name}: {skipped.reason}")
     with FolderLock(out, job="benchmark run"):
-        identity = claim_folder(out, dataset_identity(bench_set, options), overwrite=options.overwrite)
+        identity = claim_folder(out, dataset_identity(bench_set, options, fingerprint), overwrite=options.overwrite)
         for folder in ("inputs", "outputs"):  # a killed run's half-written images; the rest of out may not be ours
             remove_partial_writes(out / folder)
         cluster = ray_session(options.ray_address) if options.executor == "ray" else nullcontext()
@@ -195,13 +202,17 @@ def check_names(options: RunOptions) -> None:
 # --------------------------------------------------------------------------- the folder's identity
 
 
-def dataset_identity(bench_set: BenchSet, options: RunOptions) -> dict:
-    """What a run folder belongs to: the set's name, split and variant, and a content hash per sample."""
+def dataset_identity(
+    bench_set: BenchSet, options: RunOptions, fingerprint: Callable[[Sample], str] | None = None
+) -> dict:
+    """What a run folder belongs to: the set's name, split and variant, and a content hash per sample
+    (`sample_fingerprint`, or ``fingerprint`` where the caller has them already)."""
+    fingerprint = fingerprint or sample_fingerprint
     return {
         "dataset": bench_set.name,
         "split": options.split,
         "variant": options.variant,
-        "samples": {sample.name: sample_fingerprint(sample) for sample in bench_set.samples},
+        "samples": {sample.name: fingerprint(sample) for sample in bench_set.samples},
     }
 
 
