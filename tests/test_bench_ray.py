@@ -21,19 +21,24 @@ METRICS = ["psnr", "ssim", "color", "structure"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray for the module: two CPUs and one declared GPU (the tiny `ours` runs on CPU in its actor)."""
+    """One local Ray for the module: two CPUs and two declared GPUs (the tiny `ours` runs on CPU in its actors)."""
     ray = pytest.importorskip("ray")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # this module's methods travel with their code
     try:
-        with ray_session(num_cpus=2, num_gpus=1):  # `run_benchmark` finds it connected and leaves it running
-            yield
+        with pytest.MonkeyPatch.context() as patch:  # and the GPU workers import it by name, as they would a plugin's
+            patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])))
+            with ray_session(num_cpus=2, num_gpus=2):  # `run_benchmark` finds it connected and leaves it running
+                yield
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+def common_options(folder):
+    return {"methods": METHODS, "judges": [], "reward": None, "metrics": METRICS, "cache": str(folder / "cache")}
+
+
 def run(out, bench_set, **overrides):
-    options = {"methods": METHODS, "judges": [], "reward": None, "metrics": METRICS, "cache": str(out.parent / "cache"), **overrides}
-    return run_benchmark(out, RunOptions(**options), bench_set=bench_set, log=lambda line: None)
+    return run_benchmark(out, RunOptions(**{**common_options(out.parent), **overrides}), bench_set=bench_set, log=lambda line: None)
 
 
 def assert_same_cells(out, expected):
@@ -106,6 +111,57 @@ def test_a_gpu_method_loads_in_its_actor_and_keys_its_cells_as_a_local_run(clust
     monkeypatch.setattr(Ours, "prepare", lambda self, bench_set: pytest.fail("the driver loaded the model"))
     assert run(tmp_path / "ray", bench_set, executor="ray", **ours).failed == 0
     assert_same_cells(tmp_path / "ray", tmp_path / "local")
+
+
+class Fragile(Method):
+    """A GPU method whose loading kills the worker it loads in: every time, or once (the first to claim the marker)."""
+
+    name = "fragile"
+    runs_on = "gpu"
+
+    def __init__(self, marker, always):
+        self.marker, self.always = marker, always
+
+    @classmethod
+    def from_context(cls, context):
+        return cls(**context.options["fragile"])
+
+    def prepare(self, bench_set):
+        if self.always or _claim(self.marker):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def transfer(self, source, reference):
+        return source.copy()
+
+
+def _claim(path):
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    return True
+
+
+def test_a_worker_that_dies_loading_a_gpu_method_leaves_it_to_the_others(cluster, tmp_path, bench_set, monkeypatch):
+    monkeypatch.setitem(runner_module.REGISTRY, "fragile", f"{__name__}:Fragile")
+    lines = []
+    options = {"methods": ["identity", "fragile"], "method_options": {"fragile": {"marker": str(tmp_path / "died"), "always": False}}}
+    summary = run_benchmark(tmp_path / "ray", RunOptions(**{**common_options(tmp_path), **options, "executor": "ray"}), bench_set=bench_set, log=lines.append)
+    assert (tmp_path / "died").exists() and "1 GPU worker(s) died loading fragile; it runs on the 1 left" in lines
+    assert summary.failed == 0 and summary.cells == 2 * len(bench_set) and not summary.not_computed
+
+
+def test_a_gpu_method_every_worker_dies_loading_is_not_computed_and_the_run_goes_on(cluster, tmp_path, bench_set, monkeypatch):
+    from seminft_bench.bench.methods.ours import Ours
+
+    monkeypatch.setitem(runner_module.REGISTRY, "fragile", f"{__name__}:Fragile")
+    monkeypatch.setattr(Ours, "prepare", lambda self, bench_set: pytest.fail("a dead worker loaded a model"))
+    options = {"methods": ["identity", "fragile", "ours"], "method_options": {"fragile": {"marker": "", "always": True}, "ours": {"base": "tiny:0"}}}
+    summary = run(tmp_path / "ray", bench_set, executor="ray", **options)
+    assert summary.failed == 0 and summary.cells == len(bench_set)  # identity's, scored
+    assert summary.not_computed["method fragile"].startswith("every GPU worker of the Ray cluster died loading fragile (out of memory?): ")
+    assert summary.not_computed["method ours"] == "ours needs a GPU worker, and every one died loading an earlier method"
+    assert set(json.loads((tmp_path / "ray" / "run.json").read_text())["keys"]["methods"]) == {"identity"}
 
 
 def test_the_cli_takes_an_executor_and_refuses_an_unknown_one(cluster, tmp_path):

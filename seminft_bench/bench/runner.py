@@ -306,7 +306,7 @@ class _Run:
             dino_model=options.dino_model, dino_threshold=options.dino_threshold, device=options.device
         )
         self.cache = _open_cache(options.cache)
-        self.cluster = _RayCluster(bench_set) if options.executor == "ray" else None
+        self.cluster = _RayCluster(bench_set, log) if options.executor == "ray" else None
         self.methods = self._open_methods()
         self.judges = self._open_judges()
         self.metrics = self._usable_metrics()
@@ -659,9 +659,10 @@ class _RayCluster:
     """A run's share of a Ray cluster: a one-CPU task that runs any picklable call, and (once a GPU method opens)
     one `_GpuWorker` actor per GPU of the cluster. The driver's threads wait on them and write what comes back."""
 
-    def __init__(self, bench_set: BenchSet):
+    def __init__(self, bench_set: BenchSet, log: Callable[[str], None]):
         import ray
 
+        self.log = log
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         # No retries: a cell lost with its worker fails and the rerun makes it (a sample that killed its worker would kill the next).
         self.task = ray.remote(num_cpus=1, max_retries=0)(_apply)
@@ -676,22 +677,37 @@ class _RayCluster:
         return _wait_for(self.task.remote(fn, *args))
 
     def open_on_gpus(self, name: str, context: MethodContext) -> _GpuMethod:
-        """Method ``name`` built from its name and options and prepared on every GPU (the first GPU method starts the workers)."""
+        """Method ``name`` built from its name and options and prepared on every GPU (the first GPU method starts the
+        workers). A worker that dies loading it (out of memory, say) leaves the rotation; with none left, the method
+        is unavailable, so the run lists it as not computed and goes on."""
         import ray
 
-        if not self.gpu_workers:
+        if self.shared_set is None:
             count = int(ray.cluster_resources().get("GPU", 0))
             if not count:
                 raise MethodUnavailable(f"{name} needs a GPU and the Ray cluster has none")
             # No CPU of its own: Ray would hold one for the actor's lifetime, and where a cluster has no more CPUs
             # than GPUs the metrics' tasks would then wait for ever.
             worker = ray.remote(num_gpus=1, num_cpus=0)(_GpuWorker)
-            self.gpu_workers = [worker.remote() for _ in range(count)]
-            for actor in self.gpu_workers:
-                self.idle.put(actor)
-            self.workers_alive, self.shared_set = count, ray.put(self.bench_set)
+            self.gpu_workers, self.shared_set = [worker.remote() for _ in range(count)], ray.put(self.bench_set)
+        if not self.gpu_workers:
+            raise MethodUnavailable(f"{name} needs a GPU worker, and every one died loading an earlier method")
         shipped = replace(context, cache=None, ledger=None, transport=None)  # the driver's own: they stay here
-        settings = _wait_for([actor.open.remote(name, shipped, self.shared_set) for actor in self.gpu_workers])
+        opening = [actor.open.remote(name, dict(REGISTRY), shipped, self.shared_set) for actor in self.gpu_workers]
+        settings, survivors, deaths = [], [], []
+        for actor, opened in zip(self.gpu_workers, opening):
+            try:
+                settings.append(_wait_for(opened))
+                survivors.append(actor)
+            except ray.exceptions.ActorDiedError as error:
+                deaths.append(str(error).strip().splitlines()[0])
+        self.gpu_workers, self.workers_alive, self.idle = survivors, len(survivors), queue.SimpleQueue()
+        for actor in survivors:  # a fresh rotation: no cell runs while methods open
+            self.idle.put(actor)
+        if not survivors:
+            raise MethodUnavailable(f"every GPU worker of the Ray cluster died loading {name} (out of memory?): {deaths[0]}")
+        if deaths:
+            self.log(f"{len(deaths)} GPU worker(s) died loading {name}; it runs on the {len(survivors)} left")
         return _GpuMethod(name, settings[0], self)
 
     def run_on_gpu(self, name: str, sample: Sample) -> Image.Image:
@@ -731,8 +747,10 @@ class _GpuWorker:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
 
-    def open(self, name: str, context: MethodContext, bench_set: BenchSet) -> dict:
-        """Build and prepare ``name`` here (its model loads on this GPU); its settings key its cells."""
+    def open(self, name: str, registry: dict[str, str], context: MethodContext, bench_set: BenchSet) -> dict:
+        """Build ``name`` as the driver's ``registry`` says (methods registered at run time included) and prepare it
+        here: its model loads on this GPU. Its settings key its cells."""
+        REGISTRY.update(registry)
         method = get_method(name, context)
         method.prepare(bench_set)
         self.methods[name] = method
