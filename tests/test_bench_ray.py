@@ -164,6 +164,13 @@ def test_a_gpu_method_every_worker_dies_loading_is_not_computed_and_the_run_goes
     assert set(json.loads((tmp_path / "ray" / "run.json").read_text())["keys"]["methods"]) == {"identity"}
 
 
+def test_a_model_that_does_not_fit_on_the_gpu_workers_is_not_computed(cluster, tmp_path, bench_set, monkeypatch):
+    monkeypatch.setitem(runner_module.REGISTRY, "greedy", "test_bench_runner:Greedy")  # its loading raises OutOfMemoryError
+    summary = run(tmp_path / "ray", bench_set, executor="ray", methods=["identity", "greedy"])
+    assert summary.not_computed == {"method greedy": "its model does not fit in memory (CUDA out of memory. Tried to allocate 20.00 GiB)"}
+    assert summary.failed == 0 and summary.cells == len(bench_set)
+
+
 def test_the_cli_takes_an_executor_and_refuses_an_unknown_one(cluster, tmp_path):
     from typer.testing import CliRunner
 

@@ -1,6 +1,7 @@
 """`seminft-bench run` end to end on a small in-memory set: cells, resume, added judges, failures, reports."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -186,6 +187,54 @@ def test_unavailable_judges_and_methods_are_skipped_with_one_line(tmp_path, benc
     table = (tmp_path / "run" / "report.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| Method"))
     assert "gpt-4o" not in header and "- judge gpt-4o: " in table and "OPENAI_API_KEY" in table
+
+
+class Greedy(Method):
+    """A GPU method whose model never fits: loading it raises PyTorch's out-of-memory error, as CUDA would."""
+
+    name = "greedy"
+    runs_on = "gpu"
+
+    def prepare(self, bench_set):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\n(more lines)")
+
+    def transfer(self, source, reference):
+        return source.copy()
+
+
+class Light(Greedy):
+    """A GPU method that loads."""
+
+    name = "light"
+
+    def prepare(self, bench_set):
+        pass
+
+
+class Buggy(Greedy):
+    name = "buggy"
+
+    def prepare(self, bench_set):
+        raise RuntimeError("a bug in the method")
+
+
+def test_a_model_that_does_not_fit_is_not_computed_and_a_bug_still_stops_the_run(tmp_path, bench_set, monkeypatch):
+    for cls in (Greedy, Light, Buggy):
+        register(monkeypatch, cls.name, cls)
+    run = RunOptions(methods=["identity", "greedy"], judges=[], reward=None, metrics=["psnr"], cache=str(tmp_path / "cache"))
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
+    assert summary.not_computed == {"method greedy": "its model does not fit in memory (CUDA out of memory. Tried to allocate 20.00 GiB)"}
+    assert summary.failed == 0 and summary.cells == len(bench_set)
+
+    run = replace(run, methods=["identity", "light", "greedy"])  # another model is loaded: say it may be in the way
+    summary = run_benchmark(tmp_path / "run", run, bench_set=bench_set, log=lambda line: None)
+    assert summary.not_computed["method greedy"].endswith("20.00 GiB); it may fit without light (run it alone into the same folder)")
+    assert summary.failed == 0 and summary.cells == 2 * len(bench_set)
+
+    with pytest.raises(RuntimeError, match="a bug in the method"):
+        run_benchmark(tmp_path / "run", replace(run, methods=["identity", "buggy"]), bench_set=bench_set, log=lambda line: None)
 
 
 def test_report_rebuilds_from_results_alone(tmp_path, server, bench_set):

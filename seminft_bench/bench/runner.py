@@ -40,6 +40,7 @@ import os
 import queue
 import re
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -347,6 +348,13 @@ class _Run:
                     method.prepare(self.bench_set)
             except (MethodUnavailable, MissingWeightsError) as error:
                 self._skip(f"method {name}", str(error))
+                continue
+            except Exception as error:
+                if not _out_of_memory(error):
+                    raise
+                models = [loaded for loaded, method in methods.items() if method.runs_on == "gpu"]
+                alone = f"; it may fit without {', '.join(models)} (run it alone into the same folder)" if models else ""
+                self._skip(f"method {name}", f"its model does not fit in memory ({_first_line(error)}){alone}")
                 continue
             methods[method.name] = method
         return methods
@@ -700,7 +708,7 @@ class _RayCluster:
                 settings.append(_wait_for(opened))
                 survivors.append(actor)
             except ray.exceptions.ActorDiedError as error:
-                deaths.append(str(error).strip().splitlines()[0])
+                deaths.append(_first_line(error))
         self.gpu_workers, self.workers_alive, self.idle = survivors, len(survivors), queue.SimpleQueue()
         for actor in survivors:  # a fresh rotation: no cell runs while methods open
             self.idle.put(actor)
@@ -799,6 +807,16 @@ def _open_cache(folder: str | None):
     from seminft_bench.vlm.cache import default_cache_dir
 
     return ResponseCache(folder or default_cache_dir())
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """PyTorch's out-of-memory error, on any device. Whatever raised it imported torch; nothing else needs to."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _message(error: BaseException) -> str:
